@@ -1,0 +1,4 @@
+//! Pure domain rules: no I/O, no async, no sqlx, no reqwest.
+
+pub mod ids;
+pub mod money;

@@ -1,0 +1,1 @@
+//! fluence_client tests.
