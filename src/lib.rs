@@ -1,5 +1,18 @@
 //! fluence-gateway: a self-hosted gateway in front of the Fluence CPU Cloud API.
+//!
+//! Teams call the gateway instead of Fluence; it holds the one Fluence key, keeps inventory,
+//! spend and prices in SQLite, and runs every deploy through a budget-checked pipeline.
 
+pub mod cli;
+pub mod config;
 pub mod domain;
+pub mod error;
 pub mod fluence;
+pub mod http;
 pub mod simulator;
+pub mod startup;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+
+pub use startup::run;

@@ -1,1 +1,179 @@
-//! health tests.
+//! Liveness, readiness, request ids and problem+json for what has no route.
+
+use serde_json::Value;
+
+use crate::helpers::{SIM_KEY, TestApp, settings, spawn_simulator};
+
+#[tokio::test]
+async fn healthz_says_the_built_in_simulator_is_the_upstream_by_default() {
+    let db_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let settings = settings(&db_dir, &[("GATEWAY__SIMULATOR__CLOCK", "manual")]);
+    let app = TestApp::spawn_with(settings, None, db_dir).await;
+
+    let response = app.get("/healthz").await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["upstream"]["mode"], "simulator");
+    assert_eq!(body["upstream"]["simulated"], true);
+    assert!(
+        body["upstream"]["notice"]
+            .as_str()
+            .is_some_and(|n| n.contains("SIMULATOR"))
+    );
+
+    // The in-process simulator really answers: readiness probes it.
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 200);
+}
+
+#[tokio::test]
+async fn readyz_reports_a_healthy_external_upstream_and_the_database() {
+    let app = TestApp::spawn().await;
+    let response = app.get("/readyz").await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["checks"]["database"]["ok"], true);
+    assert_eq!(body["checks"]["upstream"]["ok"], true);
+    assert_eq!(body["checks"]["upstream"]["mode"], "fluence");
+    assert_eq!(body["checks"]["upstream"]["simulated"], false);
+    assert!(body["checks"]["upstream"]["last_success_at"].is_string());
+}
+
+#[tokio::test]
+async fn readyz_is_503_when_the_upstream_refuses_the_key() {
+    let sim = spawn_simulator().await;
+    let db_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let base_url = sim.base_url();
+    let settings = settings(
+        &db_dir,
+        &[
+            ("GATEWAY__UPSTREAM__MODE", "fluence"),
+            ("GATEWAY__UPSTREAM__BASE_URL", &base_url),
+            ("FLUENCE_API_KEY", "not-the-simulators-key"),
+        ],
+    );
+    let app = TestApp::spawn_with(settings, Some(sim), db_dir).await;
+    let response = app.get("/readyz").await;
+    assert_eq!(response.status(), 503);
+    let text = response.text().await.unwrap_or_default();
+    assert!(!text.contains("not-the-simulators-key"), "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(body["status"], "not_ready");
+    assert_eq!(body["checks"]["upstream"]["ok"], false);
+    assert_eq!(body["checks"]["database"]["ok"], true);
+}
+
+#[tokio::test]
+async fn readyz_is_503_when_the_upstream_is_unreachable() {
+    // A port that was free a moment ago and is closed now.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let db_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let base_url = format!("http://{closed}");
+    let settings = settings(
+        &db_dir,
+        &[
+            ("GATEWAY__UPSTREAM__MODE", "fluence"),
+            ("GATEWAY__UPSTREAM__BASE_URL", &base_url),
+            ("FLUENCE_API_KEY", SIM_KEY),
+        ],
+    );
+    let app = TestApp::spawn_with(settings, None, db_dir).await;
+    let response = app.get("/readyz").await;
+    assert_eq!(response.status(), 503);
+}
+
+#[tokio::test]
+async fn an_unknown_route_is_a_problem_json_404_with_the_request_id() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .http
+        .get(app.url("/v1/nothing-here"))
+        .header("x-request-id", "req-abc-123")
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status(), 404);
+    assert_eq!(
+        response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/problem+json")
+    );
+    assert_eq!(
+        response
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("req-abc-123")
+    );
+    let body: Value = response.json().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(body["status"], 404);
+    assert_eq!(body["code"], "not_found");
+    assert_eq!(body["request_id"], "req-abc-123");
+    for field in ["type", "title", "detail"] {
+        assert!(body[field].is_string(), "{field} missing: {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_method_is_a_problem_json_405_and_every_response_gets_a_request_id() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .http
+        .delete(app.url("/healthz"))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(response.status(), 405);
+    let generated = response
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    assert!(generated.as_deref().is_some_and(|id| !id.is_empty()));
+    let body: Value = response.json().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(body["code"], "method_not_allowed");
+    assert_eq!(body["request_id"].as_str(), generated.as_deref());
+}
+
+#[tokio::test]
+async fn a_database_made_for_the_simulator_is_refused_for_real_fluence() {
+    let kept = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let db_url = format!("sqlite://{}", kept.path().join("gateway.db").display());
+    let unused = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let simulated = settings(
+        &unused,
+        &[
+            ("GATEWAY__DATABASE__URL", &db_url),
+            ("GATEWAY__SIMULATOR__CLOCK", "manual"),
+        ],
+    );
+    let app = TestApp::spawn_with(simulated, None, unused).await;
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    let outcome = app.stop().await;
+    assert!(outcome.is_ok(), "{outcome:?}");
+
+    let sim = spawn_simulator().await;
+    let base_url = sim.base_url();
+    let unused = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let real = settings(
+        &unused,
+        &[
+            ("GATEWAY__DATABASE__URL", &db_url),
+            ("GATEWAY__UPSTREAM__MODE", "fluence"),
+            ("GATEWAY__UPSTREAM__BASE_URL", &base_url),
+            ("FLUENCE_API_KEY", SIM_KEY),
+        ],
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let outcome = fluence_gateway::run(real, listener, async {}).await;
+    let message = outcome.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(message.contains("upstream mode `simulator`"), "{message}");
+}

@@ -1,0 +1,383 @@
+//! Layered, validated configuration.
+//!
+//! Embedded `config/default.toml` < a TOML file (`--config` or `GATEWAY_CONFIG`) < environment
+//! variables `GATEWAY__SECTION__KEY`. Secrets come only from the environment or `*_FILE` paths.
+//! Loading takes the environment as a value so tests never mutate the process environment.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::money::Usdc;
+
+/// The defaults, documented key by key.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+const ENV_PREFIX: &str = "GATEWAY__";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub upstream: UpstreamSettings,
+    pub simulator: SimulatorSettings,
+    pub jobs: JobSettings,
+    pub log: LogSettings,
+    #[serde(skip)]
+    pub secrets: Secrets,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub request_timeout_secs: u64,
+    pub body_limit_bytes: usize,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub busy_timeout_ms: u64,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamMode {
+    /// The built-in simulator, in this process.
+    Simulator,
+    /// The real Fluence API, or an external simulator, at `base_url`.
+    Fluence,
+}
+
+impl UpstreamMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamMode::Simulator => "simulator",
+            UpstreamMode::Fluence => "fluence",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthSchemeSetting {
+    XApiKey,
+    Bearer,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSettings {
+    pub mode: UpstreamMode,
+    pub base_url: String,
+    pub auth_scheme: AuthSchemeSetting,
+    pub connect_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SimClock {
+    Wall,
+    Manual,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SimBilling {
+    PerInstance,
+    Global,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatorSettings {
+    pub listen: SocketAddr,
+    pub seed: u64,
+    pub clock: SimClock,
+    pub launch_seconds: u64,
+    pub billing_mode: SimBilling,
+    pub initial_balance: Usdc,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSettings {
+    pub deployer_interval_secs: u64,
+    pub inventory_interval_secs: u64,
+    pub prices_interval_secs: u64,
+    pub catalog_interval_secs: u64,
+    pub reaper_interval_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Auto,
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+/// Secrets, redacted in `Debug` by `secrecy`.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    pub fluence_api_key: Option<SecretString>,
+    pub admin_token: Option<SecretString>,
+}
+
+/// Why the configuration cannot be used. Each message names the key or variable at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Invalid(String),
+    #[error("configuration: {}", .0.join("; "))]
+    Problems(Vec<String>),
+}
+
+/// What [`Settings::load`] reads: an optional file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    pub config_file: Option<PathBuf>,
+    pub env: Vec<(String, String)>,
+}
+
+impl Sources {
+    /// The process's own environment, and `--config` if given.
+    pub fn from_process(config_file: Option<PathBuf>) -> Self {
+        Sources {
+            config_file,
+            env: std::env::vars().collect(),
+        }
+    }
+}
+
+/// Settings and the warnings found while loading them (to be logged once logging is up).
+#[derive(Debug)]
+pub struct Loaded {
+    pub settings: Settings,
+    pub warnings: Vec<String>,
+}
+
+impl Settings {
+    pub fn load(sources: &Sources) -> Result<Loaded, ConfigError> {
+        let env: BTreeMap<&str, &str> = sources
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let known = known_keys()?;
+        let mut warnings = Vec::new();
+
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        let file = sources
+            .config_file
+            .clone()
+            .or_else(|| env.get("GATEWAY_CONFIG").map(PathBuf::from));
+        if let Some(file) = &file {
+            if !file.is_file() {
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        let mut overrides = Vec::new();
+        for (name, value) in &env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let key = rest.to_ascii_lowercase().replace("__", ".");
+            if known.contains(&key) {
+                overrides.push((key, (*value).to_owned()));
+            } else {
+                warnings.push(format!("unknown setting {name} ignored"));
+            }
+        }
+        figment = figment.merge(EnvLayer { overrides });
+
+        let mut settings: Settings = figment
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe_figment_error(e)))?;
+        settings.secrets = Secrets {
+            fluence_api_key: secret(&env, "FLUENCE_API_KEY")?,
+            admin_token: secret(&env, "GATEWAY_ADMIN_TOKEN")?,
+        };
+        settings.validate()?;
+        Ok(Loaded { settings, warnings })
+    }
+
+    /// Checks that go beyond types. Every problem is reported, not just the first.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        if self.upstream.mode == UpstreamMode::Fluence && self.secrets.fluence_api_key.is_none() {
+            problems.push(
+                "upstream.mode is `fluence` but FLUENCE_API_KEY (or FLUENCE_API_KEY_FILE) is not set"
+                    .to_owned(),
+            );
+        }
+        if let Err(problem) = check_base_url(&self.upstream.base_url) {
+            problems.push(format!("upstream.base_url {problem}"));
+        }
+        if !self.database.url.starts_with("sqlite:") {
+            problems.push("database.url must start with `sqlite:`".to_owned());
+        }
+        let positive = [
+            ("server.request_timeout_secs", self.server.request_timeout_secs),
+            ("server.body_limit_bytes", self.server.body_limit_bytes as u64),
+            ("database.busy_timeout_ms", self.database.busy_timeout_ms),
+            ("database.max_connections", u64::from(self.database.max_connections)),
+            ("upstream.connect_timeout_ms", self.upstream.connect_timeout_ms),
+            ("upstream.request_timeout_ms", self.upstream.request_timeout_ms),
+            ("jobs.deployer_interval_secs", self.jobs.deployer_interval_secs),
+            ("jobs.inventory_interval_secs", self.jobs.inventory_interval_secs),
+            ("jobs.prices_interval_secs", self.jobs.prices_interval_secs),
+            ("jobs.catalog_interval_secs", self.jobs.catalog_interval_secs),
+            ("jobs.reaper_interval_secs", self.jobs.reaper_interval_secs),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                problems.push(format!("{key} must be greater than 0"));
+            }
+        }
+        if self.simulator.launch_seconds > 600 {
+            problems.push("simulator.launch_seconds must be at most 600".to_owned());
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_err() {
+            problems.push(format!("log.filter {:?} is not a valid filter", self.log.filter));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Problems(problems))
+        }
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.server.request_timeout_secs)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.server.shutdown_grace_secs)
+    }
+}
+
+/// The base URL must be plain http(s) with a host, and carry no credentials or query: the key
+/// travels in a header, and reqwest errors may print the URL.
+fn check_base_url(url: &str) -> Result<(), &'static str> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or("must start with http:// or https://")?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err("has no host");
+    }
+    if authority.contains('@') {
+        return Err("must not contain credentials");
+    }
+    if url.contains('?') || url.contains('#') {
+        return Err("must not contain a query or fragment");
+    }
+    Ok(())
+}
+
+/// Reads `NAME` or the file named by `NAME_FILE` (not both); a trailing newline is dropped.
+/// An empty variable counts as unset (compose files pass `${NAME:-}`), an empty file does not.
+fn secret(env: &BTreeMap<&str, &str>, name: &str) -> Result<Option<SecretString>, ConfigError> {
+    let file_var = format!("{name}_FILE");
+    let direct = env.get(name).filter(|value| !value.is_empty());
+    let value = match (direct, env.get(file_var.as_str())) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::Invalid(format!(
+                "set {name} or {file_var}, not both"
+            )));
+        }
+        (Some(value), None) => (*value).to_owned(),
+        (None, Some(path)) => std::fs::read_to_string(Path::new(path))
+            .map_err(|e| ConfigError::Invalid(format!("{file_var}: cannot read {path}: {e}")))?
+            .trim_end_matches(['\r', '\n'])
+            .to_owned(),
+        (None, None) => return Ok(None),
+    };
+    if value.trim().is_empty() {
+        return Err(ConfigError::Invalid(format!("{name} is empty")));
+    }
+    Ok(Some(SecretString::from(value)))
+}
+
+/// Every `section.key` of the defaults: the only names the environment may set.
+fn known_keys() -> Result<BTreeSet<String>, ConfigError> {
+    let dict = Toml::string(DEFAULT_TOML)
+        .data()
+        .map_err(|e| ConfigError::Invalid(format!("embedded defaults: {e}")))?;
+    let mut keys = BTreeSet::new();
+    for sections in dict.values() {
+        for (section, value) in sections {
+            if let Some(dict) = value.as_dict() {
+                keys.extend(dict.keys().map(|key| format!("{section}.{key}")));
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// Figment's errors already name the key and the source; keep that, one line.
+fn describe_figment_error(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The `GATEWAY__*` overrides, as a figment provider whose errors name the variable.
+struct EnvLayer {
+    overrides: Vec<(String, String)>,
+}
+
+impl Provider for EnvLayer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("environment variable").interpolater(|_profile, keys| {
+            format!("{ENV_PREFIX}{}", keys.join("__").to_ascii_uppercase())
+        })
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut root = Dict::new();
+        for (key, raw) in &self.overrides {
+            let Some((section, field)) = key.split_once('.') else {
+                continue;
+            };
+            // Values are typed the way figment types environment variables (numbers, booleans,
+            // otherwise strings); a quoted value stays a string.
+            let value: Value = raw.parse().unwrap_or_else(|_| Value::from(raw.clone()));
+            let entry = root
+                .entry(section.to_owned())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if let Value::Dict(_, dict) = entry {
+                dict.insert(field.to_owned(), value);
+            }
+        }
+        Ok(Profile::Default.collect(root))
+    }
+}

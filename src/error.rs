@@ -1,0 +1,129 @@
+//! The one error type at the HTTP boundary, rendered as RFC 9457 `application/problem+json`.
+//!
+//! Handlers return [`ApiError`]; its response carries a [`Problem`] as an extension, and the
+//! problem layer (`http::problem`) writes the body with the request id. Internal causes are
+//! logged once, here, and never sent.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// The body of every error response.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// A stable snake_case machine code (`not_found`, `validation_failed`, ...).
+    pub code: &'static str,
+    pub request_id: Option<String>,
+    /// For `validation_failed`: every bad field.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Problem {
+        Problem {
+            kind: format!("https://fluence-gateway.dev/problems/{}", code.replace('_', "-")),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            code,
+            request_id: None,
+            errors: Vec::new(),
+        }
+    }
+
+    /// The problem a bare error status stands for, when a layer answered without a body
+    /// (timeout, body limit, an unknown method).
+    pub fn for_status(status: StatusCode) -> Problem {
+        let (code, detail) = match status {
+            StatusCode::NOT_FOUND => ("not_found", "No such resource."),
+            StatusCode::METHOD_NOT_ALLOWED => (
+                "method_not_allowed",
+                "This resource does not accept that method.",
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "The request body is too large."),
+            StatusCode::REQUEST_TIMEOUT => ("request_timeout", "The request took too long."),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+                "unsupported_media_type",
+                "Send the body as application/json.",
+            ),
+            StatusCode::TOO_MANY_REQUESTS => ("rate_limited", "Too many requests."),
+            StatusCode::SERVICE_UNAVAILABLE => ("unavailable", "The service is unavailable."),
+            s if s.is_server_error() => ("internal_error", "An internal error occurred."),
+            _ => ("bad_request", "The request is not valid."),
+        };
+        Problem::new(status, code, detail)
+    }
+}
+
+/// An error a handler returns.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("validation failed")]
+    Validation(Vec<FieldError>),
+    #[error("upstream unavailable: {0}")]
+    UpstreamUnavailable(String),
+    /// Something the client cannot fix; the cause is logged, never returned.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn internal(cause: impl std::fmt::Display) -> ApiError {
+        ApiError::Internal(cause.to_string())
+    }
+
+    pub fn problem(&self) -> Problem {
+        match self {
+            ApiError::NotFound(detail) => Problem::new(StatusCode::NOT_FOUND, "not_found", detail),
+            ApiError::Validation(errors) => {
+                let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+                let mut problem = Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "validation_failed",
+                    format!("Invalid fields: {}.", fields.join(", ")),
+                );
+                problem.errors.clone_from(errors);
+                problem
+            }
+            ApiError::UpstreamUnavailable(detail) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_unavailable",
+                detail,
+            ),
+            ApiError::Internal(_) => Problem::for_status(StatusCode::INTERNAL_SERVER_ERROR),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(%cause, "internal error");
+        }
+        self.problem().into_response()
+    }
+}
+
+impl IntoResponse for Problem {
+    /// The body is written by the problem layer, which knows the request id.
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = status.into_response();
+        response.extensions_mut().insert(self);
+        response
+    }
+}

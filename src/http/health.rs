@@ -1,0 +1,92 @@
+//! Liveness and readiness.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use crate::state::AppState;
+
+/// A successful upstream call this recent counts as a healthy upstream without a new probe.
+const UPSTREAM_FRESH: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
+/// A readiness probe of the upstream gives up after this long.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+}
+
+/// Liveness: the process answers. Also says, unmistakably, which upstream is in use.
+async fn healthz(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "started_at": state.started_at.to_rfc3339(),
+        "upstream": upstream_summary(&state),
+    }))
+}
+
+/// Readiness: the database answers and the upstream answered recently (probed if not).
+async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let database = match state.store.ping().await {
+        Ok(()) => json!({ "ok": true }),
+        Err(error) => {
+            tracing::warn!(%error, "readiness: database check failed");
+            json!({ "ok": false, "error": "database unreachable" })
+        }
+    };
+    let fresh = state
+        .fluence
+        .last_success()
+        .is_some_and(|at| Utc::now() - at < UPSTREAM_FRESH);
+    let probe_error = if fresh {
+        None
+    } else {
+        match tokio::time::timeout(PROBE_TIMEOUT, state.fluence.countries()).await {
+            Ok(Ok(_)) => None,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "readiness: upstream probe failed");
+                Some(error.to_string())
+            }
+            Err(_) => Some("upstream probe timed out".to_owned()),
+        }
+    };
+    let mut upstream = upstream_summary(&state);
+    upstream["ok"] = json!(probe_error.is_none());
+    upstream["last_success_at"] = json!(state.fluence.last_success().map(|t| t.to_rfc3339()));
+    if let Some(error) = probe_error {
+        upstream["error"] = json!(error);
+    }
+    let ready = database["ok"] == json!(true) && upstream["ok"] == json!(true);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "checks": { "database": database, "upstream": upstream },
+    });
+    (status, Json(body))
+}
+
+fn upstream_summary(state: &AppState) -> Value {
+    let upstream = &state.upstream;
+    let mut summary = json!({
+        "mode": upstream.mode.as_str(),
+        "simulated": upstream.is_simulated(),
+        "base_url": upstream.base_url,
+    });
+    if upstream.is_simulated() {
+        summary["notice"] = json!(
+            "SIMULATOR: the built-in Fluence simulator answers every upstream call; no real VM is created and no real money is spent"
+        );
+    }
+    summary
+}

@@ -1,0 +1,32 @@
+//! Shared application state, given to handlers with `with_state`.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::{Settings, UpstreamMode};
+use crate::fluence::FluenceClient;
+use crate::store::Store;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub fluence: FluenceClient,
+    pub upstream: Arc<UpstreamInfo>,
+    pub settings: Arc<Settings>,
+    pub started_at: DateTime<Utc>,
+}
+
+/// What the gateway talks to, as shown in `/healthz`, `/readyz` and the start-up log.
+#[derive(Debug, Clone)]
+pub struct UpstreamInfo {
+    pub mode: UpstreamMode,
+    /// Where requests go: the real API, an external simulator, or the built-in one's address.
+    pub base_url: String,
+}
+
+impl UpstreamInfo {
+    pub fn is_simulated(&self) -> bool {
+        self.mode == UpstreamMode::Simulator
+    }
+}

@@ -1,0 +1,147 @@
+//! All SQL lives here. SQLite through sqlx: WAL, `synchronous=FULL`, a busy timeout and foreign
+//! keys, asserted at start-up; embedded migrations; every writing transaction begins with
+//! `BEGIN IMMEDIATE` (see [`Store::begin_write`]).
+
+pub mod meta;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+
+use crate::config::DatabaseSettings;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("database migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database {what} is {found}, expected {expected}; refusing to run without it")]
+    Pragma {
+        what: &'static str,
+        found: String,
+        expected: &'static str,
+    },
+    #[error("database directory {path}: {source}")]
+    Directory {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// The gateway's database: a pool and the rules for writing to it.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database, runs the migrations and checks the pragmas the
+    /// gateway's guarantees rest on.
+    pub async fn connect(settings: &DatabaseSettings) -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::from_str(&settings.url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // Money is at stake and the write rate is low: FULL costs little and keeps the last
+            // acknowledged commits across a power loss, which NORMAL does not.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_millis(settings.busy_timeout_ms))
+            .foreign_keys(true)
+            // Bounds the WAL file after checkpoints so it cannot grow without limit.
+            .pragma("journal_size_limit", "67108864");
+        create_parent_directory(options.get_filename())?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(settings.max_connections)
+            .connect_with(options)
+            .await?;
+        let store = Store { pool };
+        MIGRATOR.run(&store.pool).await?;
+        store.check_pragmas().await?;
+        Ok(store)
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// A write transaction that takes SQLite's write lock up front. A deferred `BEGIN` that
+    /// reads and then writes can fail with "database is locked" when another writer commits in
+    /// between; `BEGIN IMMEDIATE` waits (up to `busy_timeout`) instead.
+    pub async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// Whether the database answers a trivial query.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn check_pragmas(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(&mut *conn)
+            .await?;
+        if !journal.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Pragma {
+                what: "journal_mode",
+                found: journal,
+                expected: "wal",
+            });
+        }
+        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *conn)
+            .await?;
+        if synchronous != 2 {
+            return Err(StoreError::Pragma {
+                what: "synchronous",
+                found: synchronous.to_string(),
+                expected: "2 (FULL)",
+            });
+        }
+        let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+            .fetch_one(&mut *conn)
+            .await?;
+        if foreign_keys != 1 {
+            return Err(StoreError::Pragma {
+                what: "foreign_keys",
+                found: foreign_keys.to_string(),
+                expected: "1",
+            });
+        }
+        let busy_timeout: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+            .fetch_one(&mut *conn)
+            .await?;
+        if busy_timeout <= 0 {
+            return Err(StoreError::Pragma {
+                what: "busy_timeout",
+                found: busy_timeout.to_string(),
+                expected: "> 0",
+            });
+        }
+        Ok(())
+    }
+}
+
+fn create_parent_directory(file: &Path) -> Result<(), StoreError> {
+    match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && file != Path::new(":memory:") => {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Directory {
+                path: dir.display().to_string(),
+                source,
+            })
+        }
+        _ => Ok(()),
+    }
+}
