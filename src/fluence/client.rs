@@ -399,11 +399,13 @@ fn transport(endpoint: Endpoint, error: &reqwest::Error) -> FluenceError {
 /// reqwest's top-level message is generic ("error sending request"); the cause is in the chain.
 /// The URL is left out: it is the endpoint's, which the error already names.
 fn error_chain(error: &reqwest::Error) -> String {
-    let mut detail = if error.is_timeout() {
-        String::from("timed out")
+    let mut detail = String::from(if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "could not connect"
     } else {
-        String::from("failed")
-    };
+        "failed"
+    });
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         detail.push_str(": ");
