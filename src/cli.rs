@@ -14,7 +14,11 @@ use crate::startup::{self, shutdown_signal};
 use crate::telemetry;
 
 #[derive(Debug, Parser)]
-#[command(name = "fluence-gateway", version, about = "A budget-keeping gateway in front of the Fluence CPU Cloud API")]
+#[command(
+    name = "fluence-gateway",
+    version,
+    about = "A budget-keeping gateway in front of the Fluence CPU Cloud API"
+)]
 pub struct Cli {
     /// A TOML file layered over the built-in defaults (see config/default.toml).
     #[arg(long, global = true, value_name = "FILE")]

@@ -242,16 +242,40 @@ impl Settings {
             problems.push("database.url must start with `sqlite:`".to_owned());
         }
         let positive = [
-            ("server.request_timeout_secs", self.server.request_timeout_secs),
-            ("server.body_limit_bytes", self.server.body_limit_bytes as u64),
+            (
+                "server.request_timeout_secs",
+                self.server.request_timeout_secs,
+            ),
+            (
+                "server.body_limit_bytes",
+                self.server.body_limit_bytes as u64,
+            ),
             ("database.busy_timeout_ms", self.database.busy_timeout_ms),
-            ("database.max_connections", u64::from(self.database.max_connections)),
-            ("upstream.connect_timeout_ms", self.upstream.connect_timeout_ms),
-            ("upstream.request_timeout_ms", self.upstream.request_timeout_ms),
-            ("jobs.deployer_interval_secs", self.jobs.deployer_interval_secs),
-            ("jobs.inventory_interval_secs", self.jobs.inventory_interval_secs),
+            (
+                "database.max_connections",
+                u64::from(self.database.max_connections),
+            ),
+            (
+                "upstream.connect_timeout_ms",
+                self.upstream.connect_timeout_ms,
+            ),
+            (
+                "upstream.request_timeout_ms",
+                self.upstream.request_timeout_ms,
+            ),
+            (
+                "jobs.deployer_interval_secs",
+                self.jobs.deployer_interval_secs,
+            ),
+            (
+                "jobs.inventory_interval_secs",
+                self.jobs.inventory_interval_secs,
+            ),
             ("jobs.prices_interval_secs", self.jobs.prices_interval_secs),
-            ("jobs.catalog_interval_secs", self.jobs.catalog_interval_secs),
+            (
+                "jobs.catalog_interval_secs",
+                self.jobs.catalog_interval_secs,
+            ),
             ("jobs.reaper_interval_secs", self.jobs.reaper_interval_secs),
         ];
         for (key, value) in positive {
@@ -263,7 +287,10 @@ impl Settings {
             problems.push("simulator.launch_seconds must be at most 600".to_owned());
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.filter).is_err() {
-            problems.push(format!("log.filter {:?} is not a valid filter", self.log.filter));
+            problems.push(format!(
+                "log.filter {:?} is not a valid filter",
+                self.log.filter
+            ));
         }
         if problems.is_empty() {
             Ok(())

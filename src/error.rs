@@ -33,7 +33,10 @@ pub struct FieldError {
 impl Problem {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Problem {
         Problem {
-            kind: format!("https://fluence-gateway.dev/problems/{}", code.replace('_', "-")),
+            kind: format!(
+                "https://fluence-gateway.dev/problems/{}",
+                code.replace('_', "-")
+            ),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
             detail: detail.into(),
@@ -52,7 +55,9 @@ impl Problem {
                 "method_not_allowed",
                 "This resource does not accept that method.",
             ),
-            StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "The request body is too large."),
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                ("payload_too_large", "The request body is too large.")
+            }
             StatusCode::REQUEST_TIMEOUT => ("request_timeout", "The request took too long."),
             StatusCode::UNSUPPORTED_MEDIA_TYPE => (
                 "unsupported_media_type",

@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AuthSchemeSetting, SimBilling, SimClock, Settings, UpstreamMode};
+use crate::config::{AuthSchemeSetting, Settings, SimBilling, SimClock, UpstreamMode};
 use crate::fluence::{AuthScheme, ClientConfig, FluenceClient};
 use crate::http;
 use crate::simulator::{BillingMode, ClockMode, Simulator, SimulatorConfig};

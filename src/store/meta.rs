@@ -27,12 +27,14 @@ impl Store {
                 )));
             }
             None => {
-                sqlx::query("INSERT INTO gateway_meta (key, value, updated_at) VALUES (?1, ?2, ?3)")
-                    .bind(UPSTREAM_MODE)
-                    .bind(mode.as_str())
-                    .bind(Utc::now().to_rfc3339())
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "INSERT INTO gateway_meta (key, value, updated_at) VALUES (?1, ?2, ?3)",
+                )
+                .bind(UPSTREAM_MODE)
+                .bind(mode.as_str())
+                .bind(Utc::now().to_rfc3339())
+                .execute(&mut *tx)
+                .await?;
             }
         }
         tx.commit().await?;

@@ -5,11 +5,15 @@ use std::io::Write;
 use fluence_gateway::config::{ConfigError, LogFormat, Settings, Sources, UpstreamMode};
 use secrecy::ExposeSecret;
 
-fn load(file: Option<&str>, env: &[(&str, &str)]) -> Result<fluence_gateway::config::Loaded, ConfigError> {
+fn load(
+    file: Option<&str>,
+    env: &[(&str, &str)],
+) -> Result<fluence_gateway::config::Loaded, ConfigError> {
     let mut file_handle = None;
     let config_file = file.map(|text| {
         let mut f = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("{e}"));
-        f.write_all(text.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+        f.write_all(text.as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
         let path = f.path().to_owned();
         file_handle = Some(f);
         path
@@ -93,8 +97,8 @@ fn gateway_config_names_the_file_when_no_flag_does() {
 
 #[test]
 fn an_unknown_gateway_variable_is_a_warning_not_an_error() {
-    let loaded = load(None, &[("GATEWAY__SERVER__LISTNE", "1.2.3.4:5")])
-        .unwrap_or_else(|e| panic!("{e}"));
+    let loaded =
+        load(None, &[("GATEWAY__SERVER__LISTNE", "1.2.3.4:5")]).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(loaded.warnings.len(), 1);
     assert!(loaded.warnings[0].contains("GATEWAY__SERVER__LISTNE"));
     assert_eq!(loaded.settings.server.listen.to_string(), "127.0.0.1:8080");
@@ -120,7 +124,10 @@ fn an_unknown_key_or_bad_type_in_a_file_is_an_error_naming_it() {
 
 #[test]
 fn a_missing_config_file_is_an_error() {
-    let text = message(load(None, &[("GATEWAY_CONFIG", "/nonexistent/gateway.toml")]));
+    let text = message(load(
+        None,
+        &[("GATEWAY_CONFIG", "/nonexistent/gateway.toml")],
+    ));
     assert!(text.contains("/nonexistent/gateway.toml"), "{text}");
 }
 
@@ -153,7 +160,10 @@ fn every_invalid_value_is_reported_at_once() {
 fn a_base_url_with_credentials_is_refused() {
     let text = message(load(
         None,
-        &[("GATEWAY__UPSTREAM__BASE_URL", "https://user:pw@api.fluence.dev")],
+        &[(
+            "GATEWAY__UPSTREAM__BASE_URL",
+            "https://user:pw@api.fluence.dev",
+        )],
     ));
     assert!(text.contains("credentials"), "{text}");
 }
@@ -161,7 +171,8 @@ fn a_base_url_with_credentials_is_refused() {
 #[test]
 fn secrets_come_from_files_too_and_never_from_both_places() {
     let mut f = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("{e}"));
-    f.write_all(b"file-secret-value\n").unwrap_or_else(|e| panic!("{e}"));
+    f.write_all(b"file-secret-value\n")
+        .unwrap_or_else(|e| panic!("{e}"));
     let path = f.path().display().to_string();
     let settings = load(None, &[("GATEWAY_ADMIN_TOKEN_FILE", &path)])
         .unwrap_or_else(|e| panic!("{e}"))
@@ -177,7 +188,10 @@ fn secrets_come_from_files_too_and_never_from_both_places() {
     );
     let text = message(load(
         None,
-        &[("GATEWAY_ADMIN_TOKEN_FILE", &path), ("GATEWAY_ADMIN_TOKEN", "x")],
+        &[
+            ("GATEWAY_ADMIN_TOKEN_FILE", &path),
+            ("GATEWAY_ADMIN_TOKEN", "x"),
+        ],
     ));
     assert!(text.contains("not both"), "{text}");
     let text = message(load(None, &[("FLUENCE_API_KEY", "  ")]));

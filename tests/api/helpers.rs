@@ -40,7 +40,10 @@ pub fn settings(db_dir: &TempDir, env: &[(&str, &str)]) -> Settings {
 pub struct TestApp {
     pub address: SocketAddr,
     pub http: reqwest::Client,
+    // Owned so that the simulator and the database outlive the gateway that uses them.
+    #[allow(dead_code)]
     pub sim: Option<SimulatorHandle>,
+    #[allow(dead_code)]
     pub db_dir: TempDir,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), fluence_gateway::startup::StartupError>>>,

@@ -6,3 +6,4 @@ mod fluence_client;
 mod health;
 mod helpers;
 mod simulator;
+mod upstream;
