@@ -759,6 +759,9 @@ impl State {
             );
         }
         self.retry_top_ups();
+        if removed.is_empty() {
+            return Ok((removed, Vec::new()));
+        }
         let transaction = format!("0x{}", self.rng.hex(64));
         Ok((removed, vec![transaction]))
     }

@@ -1471,3 +1471,62 @@ fn the_shape_checker_notices_missing_extra_and_mistyped_fields() {
         .is_err()
     );
 }
+
+#[tokio::test]
+async fn commit_then_reset_closes_the_socket_with_a_tcp_reset() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let sim = sim().await;
+    arm(
+        &sim,
+        json!({ "endpoint": "GET /vms/v3", "fault": "commit_then_reset" }),
+    )
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(sim.handle.addr())
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"GET /vms/v3 HTTP/1.1\r\nHost: sim\r\nX-API-KEY: sim-key\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buffer = [0_u8; 1024];
+    let result = stream.read(&mut buffer).await;
+    assert!(
+        matches!(&result, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "{result:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_default_configuration_follows_the_wall_clock() {
+    let sim = sim_with(SimulatorConfig::default()).await;
+    let (_, first) = sim.control("GET", "/_sim/clock", None).await;
+    let (_, moved) = sim
+        .control(
+            "POST",
+            "/_sim/clock",
+            Some(json!({ "advance_seconds": 3600 })),
+        )
+        .await;
+    let parse = |v: &Value| {
+        v["now"]
+            .as_str()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .expect("now")
+    };
+    let gap = parse(&moved) - parse(&first);
+    assert!(gap.num_seconds() >= 3600 && gap.num_seconds() < 3700);
+    assert!(
+        (parse(&first).with_timezone(&Utc) - Utc::now())
+            .num_seconds()
+            .abs()
+            < 60
+    );
+    let (status, _) = sim.call("GET", "/marketplace/countries", None).await;
+    assert_eq!(status, 200);
+    let (status, body) = sim
+        .call("DELETE", "/vms/v3", Some(json!({ "vmIds": [] })))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({ "removed_ids": [], "transactions": [] }));
+}
