@@ -1,0 +1,145 @@
+//! Injected faults: what the next matching calls do instead of (or after) their normal work.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FaultKind {
+    /// Answer an error and do nothing.
+    ErrorBeforeCommit,
+    /// Do the work, then answer an error.
+    CommitThenError,
+    /// Do the work, then reset the connection without an answer.
+    CommitThenReset,
+    /// Do the work, then never answer.
+    CommitThenHang,
+    /// Wait `delay_ms` real milliseconds, then behave normally.
+    Delay,
+    /// Do the work, then answer the success status with a body that does not parse.
+    MalformedBody,
+    /// Create `instances_created` of the VMs asked for, then answer an error.
+    CommitPartial,
+    /// Create normally, but keep the new VMs out of lists for `seconds` virtual seconds.
+    VisibilityDelay,
+}
+
+/// The body of `POST /_sim/faults`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultSpec {
+    /// `"METHOD /path"`, the path without its query.
+    pub endpoint: String,
+    pub fault: FaultKind,
+    #[serde(default)]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+    #[serde(default)]
+    pub count: Option<u32>,
+    #[serde(default)]
+    pub instances_created: Option<u32>,
+    #[serde(default)]
+    pub seconds: Option<i64>,
+}
+
+/// One armed fault, handed to the call that triggers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    pub kind: FaultKind,
+    pub status: u16,
+    pub delay_ms: u64,
+    pub instances_created: u32,
+    pub seconds: i64,
+}
+
+#[derive(Debug, Clone)]
+struct Armed {
+    method: String,
+    path: String,
+    remaining: u32,
+    fault: Fault,
+}
+
+#[derive(Debug, Default)]
+pub struct Faults {
+    armed: Vec<Armed>,
+}
+
+impl Faults {
+    pub fn add(&mut self, spec: FaultSpec) -> Result<(), String> {
+        let (method, path) = spec
+            .endpoint
+            .trim()
+            .split_once(' ')
+            .ok_or_else(|| "endpoint must look like \"POST /vms/v3\"".to_owned())?;
+        let status = spec.status.unwrap_or(500);
+        if !(100..=599).contains(&status) {
+            return Err(format!("status {status} is not an HTTP status"));
+        }
+        self.armed.push(Armed {
+            method: method.trim().to_ascii_uppercase(),
+            path: normalise_path(path.trim()),
+            remaining: spec.count.unwrap_or(1),
+            fault: Fault {
+                kind: spec.fault,
+                status,
+                delay_ms: spec.delay_ms.unwrap_or(0),
+                instances_created: spec.instances_created.unwrap_or(0),
+                seconds: spec.seconds.unwrap_or(0),
+            },
+        });
+        Ok(())
+    }
+
+    pub fn clear(&mut self) {
+        self.armed.clear();
+    }
+
+    /// The first armed fault for this call, used up by one.
+    pub fn take(&mut self, method: &str, path: &str) -> Option<Fault> {
+        let path = normalise_path(path);
+        let position = self
+            .armed
+            .iter()
+            .position(|a| a.remaining > 0 && a.method == method && a.path == path)?;
+        let armed = self.armed.get_mut(position)?;
+        armed.remaining -= 1;
+        let fault = armed.fault.clone();
+        self.armed.retain(|a| a.remaining > 0);
+        Some(fault)
+    }
+}
+
+fn normalise_path(path: &str) -> String {
+    let path = path.split('?').next().unwrap_or(path);
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.is_empty() {
+        "/".to_owned()
+    } else {
+        trimmed.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fault_fires_count_times_on_its_endpoint_only() {
+        let mut faults = Faults::default();
+        let spec = FaultSpec {
+            endpoint: "post /vms/v3/".into(),
+            fault: FaultKind::CommitThenError,
+            status: Some(502),
+            delay_ms: None,
+            count: Some(2),
+            instances_created: None,
+            seconds: None,
+        };
+        assert!(faults.add(spec).is_ok());
+        assert_eq!(faults.take("GET", "/vms/v3"), None);
+        assert_eq!(faults.take("POST", "/vms/v3").map(|f| f.status), Some(502));
+        assert!(faults.take("POST", "/vms/v3?x=1").is_some());
+        assert_eq!(faults.take("POST", "/vms/v3"), None);
+    }
+}
