@@ -22,7 +22,7 @@ pub async fn render(request: Request, next: Next) -> Response {
     let mut problem = match response.extensions_mut().remove::<Problem>() {
         Some(problem) => problem,
         None if (status.is_client_error() || status.is_server_error())
-            && !is_problem(&response) =>
+            && !is_json(&response) =>
         {
             Problem::for_status(status)
         }
@@ -41,11 +41,14 @@ pub async fn render(request: Request, next: Next) -> Response {
     Response::from_parts(parts, Body::from(body))
 }
 
-fn is_problem(response: &Response) -> bool {
+/// A JSON error body was written on purpose (a problem, or a report such as `/readyz`'s);
+/// bodies without a type or in plain text come from layers and extractors, and are replaced.
+fn is_json(response: &Response) -> bool {
     response
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(PROBLEM_JSON.as_bytes()))
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.contains("json"))
 }
 
 /// A panic in a handler becomes a plain 500 problem; the panic message is logged, never sent.
