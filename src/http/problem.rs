@@ -21,9 +21,7 @@ pub async fn render(request: Request, next: Next) -> Response {
     let status = response.status();
     let mut problem = match response.extensions_mut().remove::<Problem>() {
         Some(problem) => problem,
-        None if (status.is_client_error() || status.is_server_error())
-            && !is_json(&response) =>
-        {
+        None if (status.is_client_error() || status.is_server_error()) && !is_json(&response) => {
             Problem::for_status(status)
         }
         None => return response,

@@ -6,4 +6,5 @@ mod fluence_client;
 mod health;
 mod helpers;
 mod simulator;
+mod store;
 mod upstream;
