@@ -104,6 +104,17 @@ async fn deploy_calls(sim: &SimulatorHandle) -> usize {
         .unwrap_or_default()
 }
 
+/// How many VMs of that name `GET /vms/v3` shows.
+async fn listed_named(client: &FluenceClient, name: &str) -> usize {
+    client
+        .list_vms()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .iter()
+        .filter(|vm| vm.vm_name.as_deref() == Some(name))
+        .count()
+}
+
 fn expect_err<T: std::fmt::Debug>(result: Result<T, FluenceError>) -> FluenceError {
     match result {
         Ok(value) => panic!("expected an error, got {value:?}"),
@@ -477,14 +488,7 @@ async fn commit_then_error_is_ambiguous_and_the_vms_exist() {
     assert_eq!(error.status(), Some(502));
     assert!(error.is_ambiguous());
     assert_eq!(simulated_vms(&sim).await.len(), 2);
-    let listed = client.list_vms().await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        listed
-            .iter()
-            .filter(|vm| vm.vm_name.as_deref() == Some("b"))
-            .count(),
-        2
-    );
+    assert_eq!(listed_named(&client, "b").await, 2);
 }
 
 #[tokio::test]
@@ -589,14 +593,7 @@ async fn commit_partial_creates_some_of_the_instances_then_fails() {
     let error = expect_err(client.deploy(&deploy_request("f", 5)).await);
     assert_eq!(error.status(), Some(500));
     assert!(error.is_ambiguous());
-    let listed = client.list_vms().await.unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        listed
-            .iter()
-            .filter(|vm| vm.vm_name.as_deref() == Some("f"))
-            .count(),
-        2
-    );
+    assert_eq!(listed_named(&client, "f").await, 2);
 }
 
 #[tokio::test]
