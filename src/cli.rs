@@ -124,7 +124,9 @@ async fn simulator(args: SimulatorArgs) -> Result<(), String> {
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    tracing::info!(listen = %args.listen, seed = args.seed, "Fluence simulator listening (control API under /_sim/)");
+    // The bound address, not the requested one: with port 0 this is how callers find it.
+    let listen = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%listen, seed = args.seed, "Fluence simulator listening (control API under /_sim/)");
     Simulator::new(config)
         .serve(listener, shutdown_signal())
         .await

@@ -5,6 +5,7 @@ mod fixtures;
 mod fluence_client;
 mod health;
 mod helpers;
+mod process;
 mod simulator;
 mod store;
 mod upstream;
