@@ -16,6 +16,7 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::money::Usdc;
+use crate::fluence::client::validate_base_url;
 
 /// The defaults, documented key by key.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -235,8 +236,8 @@ impl Settings {
                     .to_owned(),
             );
         }
-        if let Err(problem) = check_base_url(&self.upstream.base_url) {
-            problems.push(format!("upstream.base_url {problem}"));
+        if let Err(problem) = validate_base_url(&self.upstream.base_url) {
+            problems.push(format!("upstream.base_url: {problem}"));
         }
         if !self.database.url.starts_with("sqlite:") {
             problems.push("database.url must start with `sqlite:`".to_owned());
@@ -306,26 +307,6 @@ impl Settings {
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.server.shutdown_grace_secs)
     }
-}
-
-/// The base URL must be plain http(s) with a host, and carry no credentials or query: the key
-/// travels in a header, and reqwest errors may print the URL.
-fn check_base_url(url: &str) -> Result<(), &'static str> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or("must start with http:// or https://")?;
-    let authority = rest.split('/').next().unwrap_or_default();
-    if authority.is_empty() {
-        return Err("has no host");
-    }
-    if authority.contains('@') {
-        return Err("must not contain credentials");
-    }
-    if url.contains('?') || url.contains('#') {
-        return Err("must not contain a query or fragment");
-    }
-    Ok(())
 }
 
 /// Reads `NAME` or the file named by `NAME_FILE` (not both); a trailing newline is dropped.

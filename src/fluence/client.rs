@@ -445,7 +445,9 @@ fn percent_encode(text: &str) -> String {
     out
 }
 
-fn validate_base_url(raw: &str) -> Result<String, ClientConfigError> {
+/// Checks a base URL (http or https, a host, no credentials, query or fragment) and returns it
+/// without a trailing slash. Configuration validation uses it too, so both agree.
+pub fn validate_base_url(raw: &str) -> Result<String, ClientConfigError> {
     let trimmed = raw.trim().trim_end_matches('/');
     let url =
         reqwest::Url::parse(trimmed).map_err(|e| ClientConfigError::BaseUrl(e.to_string()))?;

@@ -165,7 +165,11 @@ fn a_base_url_with_credentials_is_refused() {
             "https://user:pw@api.fluence.dev",
         )],
     ));
-    assert!(text.contains("credentials"), "{text}");
+    assert!(text.contains("upstream.base_url"), "{text}");
+    assert!(
+        !text.contains("pw@"),
+        "the URL's secret part is not echoed: {text}"
+    );
 }
 
 #[test]
