@@ -57,7 +57,9 @@ async fn advance_clock(State(sim): State<Simulator>, body: Bytes) -> Result<Json
     let advance: Advance = parse(&body)?;
     let seconds = i64::try_from(advance.advance_seconds)
         .map_err(|_| ApiError::bad_request("advance_seconds is too large"))?;
-    sim.state().advance(seconds);
+    sim.state()
+        .advance(seconds)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok(now_body(&sim))
 }
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::catalog::{CpuSpec, IMAGE_SUFFIXES, RamSpec};
-use super::clock::Clock;
+use super::clock::{Clock, TooFar};
 use super::error::ApiError;
 use super::ident::{eip55, parse_public_key};
 use super::market::{Market, MatchError, Placement, cpu_metadata, ram_metadata};
@@ -213,10 +213,11 @@ impl State {
         }
     }
 
-    pub fn advance(&mut self, seconds: i64) {
+    pub fn advance(&mut self, seconds: i64) -> Result<(), TooFar> {
         self.sync();
-        self.clock.advance(seconds);
+        self.clock.advance(seconds)?;
         self.sync();
+        Ok(())
     }
 
     pub fn set_drift(&mut self, drift: bool) {

@@ -1530,3 +1530,31 @@ async fn the_default_configuration_follows_the_wall_clock() {
     assert_eq!(status, 200);
     assert_eq!(body, json!({ "removed_ids": [], "transactions": [] }));
 }
+
+#[tokio::test]
+async fn a_clock_advance_past_a_century_is_refused_and_the_clock_keeps_working() {
+    let sim = sim().await;
+    let id = sim.create_ok(small(), 1).await.remove(0);
+    for huge in [
+        json!(10_000_000_000_000_u64),
+        json!(9_000_000_000_000_000_000_u64),
+        json!(9e18),
+        json!(100_i64 * 366 * 24 * 3600 + 1),
+    ] {
+        let (status, body) = sim
+            .control(
+                "POST",
+                "/_sim/clock",
+                Some(json!({ "advance_seconds": huge })),
+            )
+            .await;
+        assert_eq!(status, 400, "{huge}: {body}");
+        assert!(body["error"].is_string(), "{body}");
+    }
+    let (status, clock) = sim.control("GET", "/_sim/clock", None).await;
+    assert_eq!((status, clock), (200, json!({ "now": START })));
+    assert_eq!(sim.vm(&id).await["status"], "New");
+    sim.advance(92).await;
+    assert_eq!(sim.vm(&id).await["status"], "Active");
+    sim.create_ok(small(), 1).await;
+}
