@@ -2,6 +2,13 @@
 
 use serde::{Deserialize, Serialize};
 
+/// The longest `delay` a fault may hold a call, in real milliseconds: ten minutes outlasts any
+/// client timeout worth testing, and a bound keeps a typo from parking a request for ages.
+pub const MAX_DELAY_MS: u64 = 10 * 60 * 1000;
+/// The longest `visibility_delay`, in virtual seconds: a year is far beyond any eventual
+/// consistency worth simulating and keeps the instant it ends well inside chrono's range.
+pub const MAX_VISIBILITY_SECONDS: i64 = 365 * 24 * 3600;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FaultKind {
@@ -75,6 +82,17 @@ impl Faults {
         let status = spec.status.unwrap_or(500);
         if !(100..=599).contains(&status) {
             return Err(format!("status {status} is not an HTTP status"));
+        }
+        if spec.delay_ms.is_some_and(|ms| ms > MAX_DELAY_MS) {
+            return Err(format!("delay_ms must be within 0..={MAX_DELAY_MS}"));
+        }
+        if spec
+            .seconds
+            .is_some_and(|s| !(0..=MAX_VISIBILITY_SECONDS).contains(&s))
+        {
+            return Err(format!(
+                "seconds must be within 0..={MAX_VISIBILITY_SECONDS}"
+            ));
         }
         self.armed.push(Armed {
             method: method.trim().to_ascii_uppercase(),

@@ -6,7 +6,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 
-use chrono::{DateTime, Duration, NaiveTime, Utc};
+use chrono::{DateTime, NaiveTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -253,7 +253,7 @@ impl State {
                 }
                 if !vm.stuck {
                     let seconds = i64::try_from(self.switches.launch_seconds).unwrap_or(0);
-                    self.schedule(at + Duration::seconds(seconds), i, EventKind::Activate);
+                    self.schedule(later(at, seconds), i, EventKind::Activate);
                 }
             }
             EventKind::Activate => {
@@ -307,11 +307,7 @@ impl State {
         if vm.reserved < vm.price {
             set_status(vm, VmStatus::InsufficientFunds, at);
             self.small_balance.remove(&i);
-            self.schedule(
-                at + Duration::seconds(GRACE_SECONDS),
-                i,
-                EventKind::GraceEnd,
-            );
+            self.schedule(later(at, GRACE_SECONDS), i, EventKind::GraceEnd);
             return;
         }
         vm.reserved = vm.reserved.saturating_sub(vm.price);
@@ -479,7 +475,7 @@ impl State {
                 ports.push(port.clone());
             }
         }
-        let visible_from = now + Duration::seconds(options.hidden_for.unwrap_or(0).max(0));
+        let visible_from = later(now, options.hidden_for.unwrap_or(0).max(0));
         let mut created = Vec::with_capacity(plan.len());
         for placement in plan {
             if !self.market.take(&placement) {
@@ -531,7 +527,7 @@ impl State {
                 amount: price,
                 at: crate::fluence::timefmt::format_vm(&now),
             });
-            self.schedule(now + Duration::seconds(NEW_SECONDS), i, EventKind::Launch);
+            self.schedule(later(now, NEW_SECONDS), i, EventKind::Launch);
             self.schedule(next, i, EventKind::Bill);
             let shown = match self.switches.created_id_case {
                 IdCase::Checksum => id,
@@ -753,11 +749,7 @@ impl State {
             if let Some(placement) = placement {
                 self.market.release(&placement);
             }
-            self.schedule(
-                now + Duration::seconds(REMOVAL_SECONDS),
-                i,
-                EventKind::Remove,
-            );
+            self.schedule(later(now, REMOVAL_SECONDS), i, EventKind::Remove);
         }
         self.retry_top_ups();
         if removed.is_empty() {
@@ -861,6 +853,15 @@ fn sum(prices: impl Iterator<Item = Usdc>) -> Usdc {
     prices.fold(Usdc::ZERO, |acc, p| acc.checked_add(p).unwrap_or(acc))
 }
 
+/// `at` plus `seconds`, saturating at the end of chrono's calendar. Every input is bounded (the
+/// clock by a century, fault delays by a year), so saturation is not reached in practice; if it
+/// were, an event that never comes is better than a panic that poisons every later request.
+fn later(at: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
+    TimeDelta::try_seconds(seconds)
+        .and_then(|delta| at.checked_add_signed(delta))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 fn vm_not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("VM {id} not found"))
 }
@@ -877,14 +878,14 @@ pub fn next_billing(
     after: DateTime<Utc>,
 ) -> DateTime<Utc> {
     match mode {
-        BillingMode::PerInstance => previous + Duration::seconds(EPOCH_SECONDS),
+        BillingMode::PerInstance => later(previous, EPOCH_SECONDS),
         BillingMode::Global => {
             let time = NaiveTime::from_hms_opt(17, 55, 0).unwrap_or_default();
             let today = after.date_naive().and_time(time).and_utc();
             if today > after {
                 today
             } else {
-                today + Duration::seconds(EPOCH_SECONDS)
+                later(today, EPOCH_SECONDS)
             }
         }
     }

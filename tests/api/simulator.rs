@@ -1407,6 +1407,41 @@ async fn visibility_delay_hides_new_vms_until_the_clock_moves() {
 }
 
 #[tokio::test]
+async fn fault_delays_out_of_bounds_are_refused_and_nothing_is_armed() {
+    let sim = sim().await;
+    for fault in [
+        json!({ "endpoint": "POST /vms/v3", "fault": "visibility_delay", "seconds": 9_000_000_000_000_000_i64 }),
+        json!({ "endpoint": "POST /vms/v3", "fault": "visibility_delay", "seconds": 365 * 24 * 3600 + 1 }),
+        json!({ "endpoint": "POST /vms/v3", "fault": "visibility_delay", "seconds": -1 }),
+        json!({ "endpoint": "GET /vms/v3", "fault": "delay", "delay_ms": 600_001 }),
+    ] {
+        let (status, body) = sim
+            .control("POST", "/_sim/faults", Some(fault.clone()))
+            .await;
+        assert_eq!(status, 400, "{fault}: {body}");
+        assert!(body["error"].is_string(), "{body}");
+    }
+    let id = sim.create_ok(small(), 1).await.remove(0);
+    assert_eq!(sim.vm(&id).await["status"], "New");
+
+    // The largest delay allowed still works and ends on time.
+    arm(
+        &sim,
+        json!({ "endpoint": "POST /vms/v3", "fault": "visibility_delay", "seconds": 365 * 24 * 3600 }),
+    )
+    .await;
+    let hidden = sim.create_ok(small(), 1).await.remove(0);
+    assert_eq!(sim.list().await.len(), 1);
+    sim.advance(365 * 24 * 3600).await;
+    assert!(
+        sim.list()
+            .await
+            .iter()
+            .any(|vm| vm["id"] == hidden.as_str())
+    );
+}
+
+#[tokio::test]
 async fn listing_ten_thousand_vms_and_a_month_of_billing_stay_fast() {
     let sim = sim_with(SimulatorConfig {
         initial_balance: usdc(1_000_000_000_000),
