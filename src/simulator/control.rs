@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::faults::FaultSpec;
 use super::state::{IdCase, ResourceAmounts, SshKeyCreateResponse};
 use super::{BillingMode, Simulator};
-use crate::domain::money::Usdc;
+use crate::domain::money::{MICROS_PER_USDC, Usdc};
 use crate::fluence::timefmt;
 
 pub fn router(sim: Simulator) -> Router {
@@ -88,16 +88,27 @@ struct MarketChange {
     capacity: Option<u32>,
 }
 
-/// The multiplier's decimal text read exactly into parts per million (no float in between).
+/// The largest `price_multiplier`. Far beyond any price shock worth testing, and small enough
+/// that no price, deposit or total computed from it can leave micro-USDC's range.
+const MAX_MULTIPLIER: i64 = 1000;
+
+/// The multiplier's decimal text read exactly into parts per million (no float in between);
+/// it must be greater than 0 and at most [`MAX_MULTIPLIER`].
 fn multiplier_ppm(value: &Value) -> Result<i64, ApiError> {
     let text = match value {
         Value::String(text) => text.clone(),
         Value::Number(number) => number.to_string(),
         _ => return Err(ApiError::bad_request("price_multiplier must be a number")),
     };
-    Usdc::parse(&text)
+    let ppm = Usdc::parse(&text)
         .map(Usdc::micros)
-        .map_err(|e| ApiError::bad_request(format!("price_multiplier {text:?} {e}")))
+        .map_err(|e| ApiError::bad_request(format!("price_multiplier {text:?} {e}")))?;
+    if ppm <= 0 || ppm > MAX_MULTIPLIER * MICROS_PER_USDC {
+        return Err(ApiError::bad_request(format!(
+            "price_multiplier must be greater than 0 and at most {MAX_MULTIPLIER}"
+        )));
+    }
+    Ok(ppm)
 }
 
 async fn adjust_market(State(sim): State<Simulator>, body: Bytes) -> Result<Json<Value>, ApiError> {

@@ -304,17 +304,19 @@ impl State {
         let Some(vm) = self.vms.get_mut(i) else {
             return;
         };
-        if vm.reserved < vm.price {
+        let charged = vm
+            .reserved
+            .checked_sub(vm.price)
+            .filter(|left| *left >= Usdc::ZERO)
+            .zip(vm.total_spent.checked_add(vm.price));
+        let Some((reserved, total_spent)) = charged else {
             set_status(vm, VmStatus::InsufficientFunds, at);
             self.small_balance.remove(&i);
             self.schedule(later(at, GRACE_SECONDS), i, EventKind::GraceEnd);
             return;
-        }
-        vm.reserved = vm.reserved.saturating_sub(vm.price);
-        vm.total_spent = vm
-            .total_spent
-            .checked_add(vm.price)
-            .unwrap_or(vm.total_spent);
+        };
+        vm.reserved = reserved;
+        vm.total_spent = total_spent;
         self.charges.push(Charge {
             vm_id: vm.id.clone(),
             amount: vm.price,
@@ -338,12 +340,12 @@ impl State {
         let Some(vm) = self.vms.get_mut(i) else {
             return false;
         };
-        let need = vm.price.saturating_sub(vm.reserved);
+        let need = vm.price.checked_sub(vm.reserved).unwrap_or(Usdc::ZERO);
         if need > Usdc::ZERO {
-            if self.balance < need {
+            let Some(left) = self.balance.checked_sub(need).filter(|b| *b >= Usdc::ZERO) else {
                 return false;
-            }
-            self.balance = self.balance.saturating_sub(need);
+            };
+            self.balance = left;
             vm.reserved = vm.price;
         }
         if vm.status == VmStatus::SmallBalance {
@@ -426,10 +428,11 @@ impl State {
             .market
             .plan(constraints, instances, self.now())
             .map_err(match_error)?;
-        let total = sum(plan.iter().map(|p| p.price));
+        let total = sum(plan.iter().map(|p| p.price)).ok_or_else(too_large)?;
+        let deposit = total.checked_mul(2).ok_or_else(too_large)?;
         let max = plan.iter().map(|p| p.price).max().unwrap_or(Usdc::ZERO);
         Ok(Estimate {
-            deposit_amount_usdc: total.checked_mul(2).unwrap_or(total),
+            deposit_amount_usdc: deposit,
             deposit_epochs: 2,
             total_price_per_epoch: total,
             max_price_per_epoch: max,
@@ -457,15 +460,22 @@ impl State {
             .market
             .plan(&constraints, request.instances, now)
             .map_err(match_error)?;
-        let deposit = sum(plan.iter().map(|p| p.price))
-            .checked_mul(2)
-            .ok_or_else(|| ApiError::unprocessable("Insufficient balance"))?;
-        if self.balance < deposit {
-            return Err(ApiError::unprocessable("Insufficient balance"));
+        // A deposit too large to represent is certainly more than the balance.
+        let deposit = |plan: &[Placement]| {
+            sum(plan.iter().map(|p| p.price)).and_then(|total| total.checked_mul(2))
+        };
+        let insufficient = || ApiError::unprocessable("Insufficient balance");
+        if deposit(&plan).is_none_or(|deposit| self.balance < deposit) {
+            return Err(insufficient());
         }
         if let Some(only) = options.only {
             plan.truncate(usize::try_from(only).unwrap_or(usize::MAX));
         }
+        // Taken before anything changes, so a failure here leaves no half-made VM behind.
+        self.balance = deposit(&plan)
+            .and_then(|deposit| self.balance.checked_sub(deposit))
+            .filter(|left| *left >= Usdc::ZERO)
+            .ok_or_else(insufficient)?;
         let mut ports = vec![Port {
             port: 22,
             protocol: Protocol::Tcp,
@@ -478,18 +488,18 @@ impl State {
         let visible_from = later(now, options.hidden_for.unwrap_or(0).max(0));
         let mut created = Vec::with_capacity(plan.len());
         for placement in plan {
+            let price = placement.price;
             if !self.market.take(&placement) {
-                // The plan was made from this same state a moment ago; this cannot happen.
+                // The plan was made from this same state a moment ago, so this cannot happen;
+                // if it did, the VM's deposit goes back rather than vanishing.
+                let deposit = price.checked_mul(2).unwrap_or(price);
+                self.balance = refunded(self.balance, deposit);
                 continue;
             }
             let id = self.mint_id();
             let Some(offer) = self.market.offers.get(placement.offer) else {
                 continue;
             };
-            let price = placement.price;
-            self.balance = self
-                .balance
-                .saturating_sub(price.checked_mul(2).unwrap_or(price));
             let next = next_billing(self.switches.billing_mode, now, now);
             let vm = Vm {
                 id: id.clone(),
@@ -730,10 +740,7 @@ impl State {
             if vm.status == VmStatus::Stopped {
                 continue;
             }
-            self.balance = self
-                .balance
-                .checked_add(vm.reserved)
-                .unwrap_or(self.balance);
+            self.balance = refunded(self.balance, vm.reserved);
             vm.reserved = Usdc::ZERO;
             vm.deleted_at = Some(now);
             vm.next_billing_at = None;
@@ -849,8 +856,19 @@ fn set_status(vm: &mut Vm, status: VmStatus, at: DateTime<Utc>) {
     vm.status_changed_at = at;
 }
 
-fn sum(prices: impl Iterator<Item = Usdc>) -> Usdc {
-    prices.fold(Usdc::ZERO, |acc, p| acc.checked_add(p).unwrap_or(acc))
+/// `None` when the total would leave micro-USDC's range.
+fn sum(mut prices: impl Iterator<Item = Usdc>) -> Option<Usdc> {
+    prices.try_fold(Usdc::ZERO, Usdc::checked_add)
+}
+
+fn too_large() -> ApiError {
+    ApiError::unprocessable("Total price is too large")
+}
+
+/// A refund added to the balance. It saturates rather than fails: the reserve has to go
+/// somewhere, and a balance of nine trillion USDC is past any test's meaning anyway.
+fn refunded(balance: Usdc, refund: Usdc) -> Usdc {
+    Usdc::from_micros(balance.micros().saturating_add(refund.micros()))
 }
 
 /// `at` plus `seconds`, saturating at the end of chrono's calendar. Every input is bounded (the

@@ -799,6 +799,64 @@ async fn prices_drift_with_time_unless_switched_off_and_can_be_multiplied() {
     );
 }
 
+#[tokio::test]
+async fn a_price_multiplier_outside_0_to_1000_is_refused_and_prices_stay_positive() {
+    let sim = sim().await;
+    let before = sim
+        .call("POST", "/marketplace/offers", Some(small()))
+        .await
+        .1;
+    for multiplier in [
+        json!("9000000000000"),
+        json!("0"),
+        json!(0),
+        json!("1000.000001"),
+    ] {
+        let (status, body) = sim
+            .control(
+                "POST",
+                "/_sim/market",
+                Some(json!({ "price_multiplier": multiplier })),
+            )
+            .await;
+        assert_eq!(status, 400, "{multiplier}: {body}");
+        assert!(body["error"].is_string(), "{body}");
+    }
+    let (_, unchanged) = sim.call("POST", "/marketplace/offers", Some(small())).await;
+    assert_eq!(unchanged, before);
+
+    let (status, _) = sim
+        .control(
+            "POST",
+            "/_sim/market",
+            Some(json!({ "price_multiplier": "1000" })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, offers) = sim
+        .call("POST", "/marketplace/offers", Some(json!({})))
+        .await;
+    let offers = offers.as_array().cloned().unwrap_or_default();
+    assert!(!offers.is_empty());
+    for offer in &offers {
+        assert!(
+            money(&offer["configuration"]["price"]) > usdc(100_000_000),
+            "{offer}"
+        );
+        for resource in offer["resources"].as_array().into_iter().flatten() {
+            assert!(money(&resource["price"]) > Usdc::ZERO, "{resource}");
+        }
+    }
+    let balance = sim.balance().await;
+    let id = sim.create_ok(small(), 1).await.remove(0);
+    let price = money(&sim.vm(&id).await["pricePerEpoch"]);
+    assert!(price > usdc(100_000_000));
+    assert_eq!(
+        sim.balance().await,
+        usdc(balance.micros() - 2 * price.micros())
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Lifecycle and billing
 // ---------------------------------------------------------------------------------------------
