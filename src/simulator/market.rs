@@ -263,12 +263,13 @@ impl Market {
             .iter()
             .enumerate()
             .filter_map(|(index, offer)| {
-                let has_room = offer
-                    .servers
-                    .iter()
-                    .any(|s| server_slots(offer, s, &ask) > 0);
+                // api-shapes 12.3 drops an offer for its filters, its price, `perVmLimit` and
+                // free storage only. A full offer stays a candidate, so running out of slots
+                // is "Not enough offers found" from the fill below, never "No suitable offer".
+                let storage_fits =
+                    ask.gib == 0 || offer.servers.iter().any(|s| s.storage_free >= ask.gib);
                 let price = self.candidate_price(offer, constraints, &ask, now)?;
-                has_room.then_some((index, price))
+                storage_fits.then_some((index, price))
             })
             .collect();
         if constraints.basic_configuration.is_none() {

@@ -514,13 +514,11 @@ async fn capacity_runs_out_and_comes_back_after_delete() {
     let created = sim.create_ok(constraints.clone(), total).await;
     assert_eq!(created.len(), usize::try_from(total).expect("count"));
     assert_eq!(slots(&sim, &constraints).await, 0);
+    // Full offers still match: a shortage of slots is "Not enough offers found".
     let (status, body) = sim.create(constraints.clone(), 1).await;
-    assert_eq!(status, 422);
-    // Every offer is full, so none is suitable any more.
-    assert!(
-        body == json!({ "error": "Not enough offers found" })
-            || body == json!({ "error": "No suitable offer found" }),
-        "{body}"
+    assert_eq!(
+        (status, body),
+        (422, json!({ "error": "Not enough offers found" }))
     );
 
     let (status, _) = sim
@@ -529,6 +527,42 @@ async fn capacity_runs_out_and_comes_back_after_delete() {
     assert_eq!(status, 200);
     assert_eq!(slots(&sim, &constraints).await, 1);
     sim.create_ok(constraints, 1).await;
+}
+
+#[tokio::test]
+async fn zero_free_slots_is_not_enough_offers_rather_than_no_suitable_offer() {
+    let sim = sim().await;
+    let (status, _) = sim
+        .control(
+            "POST",
+            "/_sim/market",
+            Some(json!({ "configuration": "cpu-2-ram-4gb-storage-25gb", "capacity": 0 })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let not_enough = (422, json!({ "error": "Not enough offers found" }));
+    assert_eq!(sim.create(small(), 1).await, not_enough);
+    // Without a configuration the smallest one is chosen, and it is full.
+    assert_eq!(sim.create(json!({}), 1).await, not_enough);
+    let estimate = sim
+        .call(
+            "POST",
+            "/vms/v3/estimate",
+            Some(json!({ "constraints": small(), "instances": 1 })),
+        )
+        .await;
+    assert_eq!(estimate, not_enough);
+    // The listing still leaves out offers with nothing to sell.
+    assert_eq!(slots(&sim, &small()).await, 0);
+    // A filter that nothing matches stays "No suitable offer found".
+    let (status, body) = sim
+        .create(json!({ "basicConfiguration": "cpu-2-ram-4gb-storage-25gb", "datacenter": { "countries": ["AQ"] } }), 1)
+        .await;
+    assert_eq!(
+        (status, body),
+        (422, json!({ "error": "No suitable offer found" }))
+    );
+    assert_eq!(vm_count(&sim).await, 0);
 }
 
 #[tokio::test]
