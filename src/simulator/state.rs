@@ -14,6 +14,7 @@ use super::catalog::{CpuSpec, IMAGE_SUFFIXES, RamSpec};
 use super::clock::{Clock, TooFar};
 use super::error::ApiError;
 use super::ident::{eip55, parse_public_key};
+use super::ips::{IpPool, Slot};
 use super::market::{Market, MatchError, Placement, cpu_metadata, ram_metadata};
 use super::rng::SplitMix64;
 use super::{BillingMode, SimulatorConfig};
@@ -104,6 +105,8 @@ pub struct Vm {
     pub os_image: String,
     dc: usize,
     pub public_ip: Option<String>,
+    /// The pool address behind `public_ip`, given back when the VM stops or is terminated.
+    ip_slot: Option<Slot>,
     pub ports: Vec<Port>,
     /// The capacity held; `None` once given back.
     placement: Option<Placement>,
@@ -155,7 +158,7 @@ pub struct State {
     events: BinaryHeap<Reverse<Event>>,
     seq: u64,
     rng: SplitMix64,
-    next_ip: u32,
+    ips: IpPool,
     small_balance: BTreeSet<usize>,
     pub charges: Vec<Charge>,
     pub calls: Vec<CallRecord>,
@@ -187,7 +190,7 @@ impl State {
             seq: 0,
             // A stream apart from the marketplace's, so creating VMs never shifts the offers.
             rng: SplitMix64::new(config.seed ^ 0x5EED_0F1D),
-            next_ip: 0,
+            ips: IpPool::default(),
             small_balance: BTreeSet::new(),
             charges: Vec::new(),
             calls: Vec::new(),
@@ -257,7 +260,6 @@ impl State {
                 }
             }
             EventKind::Activate => {
-                let ip = self.peek_ip();
                 let Some(vm) = self.vms.get_mut(i) else {
                     return;
                 };
@@ -265,11 +267,12 @@ impl State {
                     return;
                 }
                 vm.lifecycle = VmStatus::Active;
-                vm.public_ip = Some(ip);
+                let slot = self.ips.allocate();
+                vm.ip_slot = Some(slot);
+                vm.public_ip = Some(IpPool::address(slot));
                 if vm.status == VmStatus::Launching {
                     set_status(vm, VmStatus::Active, at);
                 }
-                self.next_ip += 1;
             }
             EventKind::Bill => self.bill(i, at),
             EventKind::GraceEnd => {
@@ -376,6 +379,9 @@ impl State {
         };
         set_status(vm, VmStatus::Terminated, at);
         vm.public_ip = None;
+        if let Some(slot) = vm.ip_slot.take() {
+            self.ips.release(slot);
+        }
         vm.next_billing_at = None;
         let placement = vm.placement.take();
         self.small_balance.remove(&i);
@@ -402,16 +408,6 @@ impl State {
     fn live_index(&self, id: &str) -> Option<usize> {
         let i = *self.index.get(&id.to_ascii_lowercase())?;
         self.vms.get(i).filter(|vm| vm.listed).map(|_| i)
-    }
-
-    fn peek_ip(&self) -> String {
-        // RFC 5737 documentation ranges only, so nothing ever reaches a real host.
-        const RANGES: [&str; 3] = ["203.0.113", "198.51.100", "192.0.2"];
-        let n = self.next_ip % (254 * 3);
-        let range = RANGES
-            .get(usize::try_from(n / 254).unwrap_or(0))
-            .unwrap_or(&RANGES[0]);
-        format!("{range}.{}", n % 254 + 1)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -515,6 +511,7 @@ impl State {
                 os_image: config.os_image.clone(),
                 dc: offer.dc,
                 public_ip: None,
+                ip_slot: None,
                 ports: ports.clone(),
                 cores: offer.config.cores,
                 ram_gib: offer.config.ram_gib,
@@ -752,6 +749,9 @@ impl State {
             }
             set_status(vm, VmStatus::Stopped, now);
             vm.public_ip = None;
+            if let Some(slot) = vm.ip_slot.take() {
+                self.ips.release(slot);
+            }
             let placement = vm.placement.take();
             if let Some(placement) = placement {
                 self.market.release(&placement);

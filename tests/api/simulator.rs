@@ -3,6 +3,7 @@
 // A failed setup step in a test should stop it loudly.
 #![allow(clippy::expect_used)]
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -941,6 +942,80 @@ async fn a_vm_goes_new_launching_active_on_the_virtual_clock() {
     assert_eq!(statuses[0]["publicIp"], vm["publicIp"]);
     let (_, none) = sim.call("GET", "/vms/v3/status", None).await;
     assert_eq!(none, json!([]));
+}
+
+/// The public IPs of the listed VMs that have one.
+async fn live_ips(sim: &Sim) -> Vec<String> {
+    sim.list()
+        .await
+        .iter()
+        .filter_map(|vm| vm["publicIp"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn in_documented_ranges(ip: &str) -> bool {
+    let host = ["203.0.113.", "198.51.100."]
+        .iter()
+        .find_map(|range| ip.strip_prefix(range))
+        .and_then(|host| host.parse::<u8>().ok());
+    host.is_some_and(|host| (1..=254).contains(&host))
+}
+
+#[tokio::test]
+async fn public_ips_stay_in_the_documented_ranges_and_are_unique_among_live_vms() {
+    let sim = sim().await;
+    sim.control(
+        "POST",
+        "/_sim/market",
+        Some(json!({ "configuration": "cpu-2-ram-4gb-storage-25gb", "capacity": 2000 })),
+    )
+    .await;
+    let first = sim.create_ok(small(), 508).await;
+    sim.advance(92).await;
+    let ips = live_ips(&sim).await;
+    assert_eq!(ips.len(), 508);
+    assert!(ips.iter().all(|ip| in_documented_ranges(ip)), "{ips:?}");
+    assert_eq!(ips.iter().collect::<HashSet<_>>().len(), 508);
+
+    // Half of them go; their addresses are free for the next ones.
+    let (status, _) = sim
+        .call("DELETE", "/vms/v3", Some(json!({ "vmIds": first[..254] })))
+        .await;
+    assert_eq!(status, 200);
+    sim.advance(10).await;
+    sim.create_ok(small(), 254).await;
+    sim.advance(92).await;
+    let ips = live_ips(&sim).await;
+    assert_eq!(ips.len(), 508);
+    assert!(ips.iter().all(|ip| in_documented_ranges(ip)), "{ips:?}");
+    assert_eq!(ips.iter().collect::<HashSet<_>>().len(), 508);
+
+    // With all 508 held, one more VM shares an address, still from the ranges...
+    sim.create_ok(small(), 1).await;
+    sim.advance(92).await;
+    let ips = live_ips(&sim).await;
+    assert_eq!(ips.len(), 509);
+    assert!(ips.iter().all(|ip| in_documented_ranges(ip)), "{ips:?}");
+    assert_eq!(ips.iter().collect::<HashSet<_>>().len(), 508);
+    // ...but once one is given back (a provider termination here), the next VM gets it alone.
+    let unique = sim
+        .list()
+        .await
+        .into_iter()
+        .find(|vm| {
+            let ip = vm["publicIp"].as_str().unwrap_or_default();
+            ips.iter().filter(|other| *other == ip).count() == 1
+        })
+        .expect("a VM with an address of its own");
+    let id = unique["id"].as_str().expect("id");
+    sim.control("POST", &format!("/_sim/vms/{id}/terminate"), None)
+        .await;
+    sim.create_ok(small(), 1).await;
+    sim.advance(92).await;
+    let ips = live_ips(&sim).await;
+    assert_eq!(ips.len(), 509);
+    assert_eq!(ips.iter().collect::<HashSet<_>>().len(), 508);
+    assert!(ips.contains(&unique["publicIp"].as_str().expect("ip").to_owned()));
 }
 
 #[tokio::test]
