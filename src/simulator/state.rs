@@ -159,7 +159,9 @@ pub struct State {
     seq: u64,
     rng: SplitMix64,
     ips: IpPool,
-    small_balance: BTreeSet<usize>,
+    /// VMs waiting for money: `SmallBalance` (reserve short) or `InsufficientFunds` (a charge
+    /// unpaid, until its grace period ends); retried whenever the balance goes up.
+    underfunded: BTreeSet<usize>,
     pub charges: Vec<Charge>,
     pub calls: Vec<CallRecord>,
     ssh_keys: Vec<SshKey>,
@@ -191,7 +193,7 @@ impl State {
             // A stream apart from the marketplace's, so creating VMs never shifts the offers.
             rng: SplitMix64::new(config.seed ^ 0x5EED_0F1D),
             ips: IpPool::default(),
-            small_balance: BTreeSet::new(),
+            underfunded: BTreeSet::new(),
             charges: Vec::new(),
             calls: Vec::new(),
             ssh_keys: Vec::new(),
@@ -276,7 +278,13 @@ impl State {
             }
             EventKind::Bill => self.bill(i, at),
             EventKind::GraceEnd => {
-                if self.vms.get(i).map(|vm| &vm.status) == Some(&VmStatus::InsufficientFunds) {
+                // Only the grace period this event was scheduled for: a VM rescued and unpaid
+                // again since then has a later grace end of its own.
+                let ends_now = self.vms.get(i).is_some_and(|vm| {
+                    vm.status == VmStatus::InsufficientFunds
+                        && later(vm.status_changed_at, GRACE_SECONDS) <= at
+                });
+                if ends_now {
                     self.terminate_at(i, at);
                 }
             }
@@ -291,7 +299,6 @@ impl State {
     }
 
     fn bill(&mut self, i: usize, at: DateTime<Utc>) {
-        let mode = self.switches.billing_mode;
         let Some(vm) = self.vms.get(i) else {
             return;
         };
@@ -304,8 +311,25 @@ impl State {
         }
         // A top-up may have become possible since the last attempt (a refund, say).
         self.try_top_up(i, at);
+        if !self.settle(i, at, at) {
+            let Some(vm) = self.vms.get_mut(i) else {
+                return;
+            };
+            // `nextBillingAt` stays at this missed instant while the epoch is unpaid: it is the
+            // charge still due, and the one a rescue pays before billing resumes from it.
+            set_status(vm, VmStatus::InsufficientFunds, at);
+            self.underfunded.insert(i);
+            self.schedule(later(at, GRACE_SECONDS), i, EventKind::GraceEnd);
+        }
+    }
+
+    /// Charges the epoch that fell due at `due` from the reserve, at `at` (later than `due` for a
+    /// rescue), schedules the next charge after `at` on `due`'s schedule, and refills the reserve
+    /// (or marks the VM `SmallBalance`). False, changing nothing, when the reserve falls short.
+    fn settle(&mut self, i: usize, at: DateTime<Utc>, due: DateTime<Utc>) -> bool {
+        let mode = self.switches.billing_mode;
         let Some(vm) = self.vms.get_mut(i) else {
-            return;
+            return false;
         };
         let charged = vm
             .reserved
@@ -313,10 +337,7 @@ impl State {
             .filter(|left| *left >= Usdc::ZERO)
             .zip(vm.total_spent.checked_add(vm.price));
         let Some((reserved, total_spent)) = charged else {
-            set_status(vm, VmStatus::InsufficientFunds, at);
-            self.small_balance.remove(&i);
-            self.schedule(later(at, GRACE_SECONDS), i, EventKind::GraceEnd);
-            return;
+            return false;
         };
         vm.reserved = reserved;
         vm.total_spent = total_spent;
@@ -325,8 +346,16 @@ impl State {
             amount: vm.price,
             at: crate::fluence::timefmt::format_vm(&at),
         });
-        let next = next_billing(mode, at, at);
+        let mut next = next_billing(mode, due, at);
+        // A rescue late enough to miss more than one instant skips them: they are not owed.
+        while next <= at {
+            next = next_billing(mode, next, next);
+        }
         vm.next_billing_at = Some(next);
+        if vm.status == VmStatus::InsufficientFunds {
+            let back = vm.lifecycle.clone();
+            set_status(vm, back, at);
+        }
         self.schedule(next, i, EventKind::Bill);
         if !self.try_top_up(i, at) {
             if let Some(vm) = self.vms.get_mut(i) {
@@ -334,15 +363,20 @@ impl State {
                     set_status(vm, VmStatus::SmallBalance, at);
                 }
             }
-            self.small_balance.insert(i);
+            self.underfunded.insert(i);
         }
+        true
     }
 
-    /// Refills the reserve to one epoch from the account; true when the reserve is full.
+    /// Refills the reserve to one epoch from the account; true when the reserve is full. An
+    /// `InsufficientFunds` VM is left to [`State::try_rescue`], which also owes a charge.
     fn try_top_up(&mut self, i: usize, at: DateTime<Utc>) -> bool {
         let Some(vm) = self.vms.get_mut(i) else {
             return false;
         };
+        if vm.status == VmStatus::InsufficientFunds {
+            return false;
+        }
         let need = vm.price.checked_sub(vm.reserved).unwrap_or(Usdc::ZERO);
         if need > Usdc::ZERO {
             let Some(left) = self.balance.checked_sub(need).filter(|b| *b >= Usdc::ZERO) else {
@@ -355,15 +389,53 @@ impl State {
             let back = vm.lifecycle.clone();
             set_status(vm, back, at);
         }
-        self.small_balance.remove(&i);
+        self.underfunded.remove(&i);
         true
     }
 
+    /// An `InsufficientFunds` VM within its grace period whose missed charge the account can now
+    /// cover: the reserve is made whole, the missed epoch charged now, and the VM resumes (or
+    /// is `SmallBalance` if the reserve cannot be refilled after that charge).
+    fn try_rescue(&mut self, i: usize, at: DateTime<Utc>) {
+        let Some(vm) = self.vms.get_mut(i) else {
+            return;
+        };
+        if vm.status != VmStatus::InsufficientFunds {
+            return;
+        }
+        let Some(due) = vm.next_billing_at else {
+            return;
+        };
+        let need = vm.price.checked_sub(vm.reserved).unwrap_or(Usdc::ZERO);
+        let Some(left) = self.balance.checked_sub(need).filter(|b| *b >= Usdc::ZERO) else {
+            return;
+        };
+        let (balance, reserved) = (self.balance, vm.reserved);
+        self.balance = left;
+        vm.reserved = vm.price;
+        if !self.settle(i, at, due) {
+            // Only a total beyond micro-USDC's range gets here; undo the top-up.
+            self.balance = balance;
+            if let Some(vm) = self.vms.get_mut(i) {
+                vm.reserved = reserved;
+            }
+        }
+    }
+
+    /// Retries every VM waiting for money, in creation order, after the balance went up.
     fn retry_top_ups(&mut self) {
         let now = self.now();
-        let waiting: Vec<usize> = self.small_balance.iter().copied().collect();
+        let waiting: Vec<usize> = self.underfunded.iter().copied().collect();
         for i in waiting {
-            self.try_top_up(i, now);
+            let unpaid = self
+                .vms
+                .get(i)
+                .is_some_and(|vm| vm.status == VmStatus::InsufficientFunds);
+            if unpaid {
+                self.try_rescue(i, now);
+            } else {
+                self.try_top_up(i, now);
+            }
         }
     }
 
@@ -384,7 +456,7 @@ impl State {
         }
         vm.next_billing_at = None;
         let placement = vm.placement.take();
-        self.small_balance.remove(&i);
+        self.underfunded.remove(&i);
         if let Some(placement) = placement {
             self.market.release(&placement);
         }
@@ -741,7 +813,7 @@ impl State {
             vm.reserved = Usdc::ZERO;
             vm.deleted_at = Some(now);
             vm.next_billing_at = None;
-            self.small_balance.remove(&i);
+            self.underfunded.remove(&i);
             if vm.status == VmStatus::Terminated {
                 // Deleting a terminated VM only finalises its record.
                 vm.listed = false;

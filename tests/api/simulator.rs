@@ -1155,6 +1155,142 @@ async fn a_small_balance_vm_recovers_when_the_account_is_funded() {
     assert_eq!(vm["reservedBalance"], vm["pricePerEpoch"]);
 }
 
+/// Sets the balance to the deposit of `instances` small VMs and returns it.
+async fn fund_deposit(sim: &Sim, instances: u32) -> Usdc {
+    let (_, estimate) = sim
+        .call(
+            "POST",
+            "/vms/v3/estimate",
+            Some(json!({ "constraints": small(), "instances": instances })),
+        )
+        .await;
+    let deposit = money(&estimate["depositAmountUsdc"]);
+    sim.control(
+        "POST",
+        "/_sim/balance",
+        Some(json!({ "usdc": deposit.to_string() })),
+    )
+    .await;
+    deposit
+}
+
+#[tokio::test]
+async fn an_insufficient_funds_vm_is_rescued_by_a_top_up_during_its_grace_period() {
+    let sim = sim().await;
+    fund_deposit(&sim, 1).await;
+    let id = sim.create_ok(small(), 1).await.remove(0);
+    let p = money(&sim.vm(&id).await["pricePerEpoch"]).micros();
+    sim.advance(2 * 24 * 3600).await;
+    let vm = sim.vm(&id).await;
+    assert_eq!(vm["status"], "InsufficientFunds");
+    // The unpaid charge is still due at the instant it was missed.
+    assert_eq!(vm["nextBillingAt"], "2025-11-05T09:14:27Z");
+
+    // Not enough for the missed charge: nothing changes.
+    sim.advance(1800).await;
+    let short = usdc(p - 1).to_string();
+    sim.control("POST", "/_sim/balance", Some(json!({ "usdc": short })))
+        .await;
+    assert_eq!(sim.vm(&id).await["status"], "InsufficientFunds");
+    assert_eq!(sim.balance().await, usdc(p - 1));
+
+    sim.control("POST", "/_sim/balance", Some(json!({ "usdc": "10" })))
+        .await;
+    let vm = sim.vm(&id).await;
+    assert_eq!(vm["status"], "Active");
+    assert_eq!(vm["statusChangedAt"], "2025-11-05T09:44:27Z");
+    assert_eq!(vm["nextBillingAt"], "2025-11-06T09:14:27Z");
+    assert_eq!(money(&vm["reservedBalance"]), usdc(p));
+    assert_eq!(money(&vm["totalSpent"]), usdc(3 * p));
+    // The missed charge, then a full reserve again.
+    assert_eq!(sim.balance().await, usdc(10_000_000 - 2 * p));
+    let state = sim.state().await;
+    let charges = state["charges"].as_array().cloned().unwrap_or_default();
+    assert_eq!(charges.len(), 3);
+    assert_eq!(charges[2]["at"], "2025-11-05T09:44:27Z");
+
+    // The grace period passes without a termination, and billing goes on as before.
+    sim.advance(3600).await;
+    assert_eq!(sim.vm(&id).await["status"], "Active");
+    sim.advance(24 * 3600).await;
+    let vm = sim.vm(&id).await;
+    assert_eq!(vm["status"], "Active");
+    assert_eq!(money(&vm["totalSpent"]), usdc(4 * p));
+    assert_eq!(vm["nextBillingAt"], "2025-11-07T09:14:27Z");
+}
+
+#[tokio::test]
+async fn a_refund_from_a_delete_rescues_an_insufficient_funds_vm() {
+    let sim = sim().await;
+    // One price per offer, whenever a VM is made.
+    sim.control(
+        "POST",
+        "/_sim/config",
+        Some(json!({ "price_drift": false })),
+    )
+    .await;
+    let large = json!({ "basicConfiguration": "cpu-8-ram-16gb-storage-25gb" });
+    let starved = sim.create_ok(large, 1).await.remove(0);
+    let q = money(&sim.vm(&starved).await["pricePerEpoch"]).micros();
+    sim.control("POST", "/_sim/balance", Some(json!({ "usdc": "0" })))
+        .await;
+    sim.advance(47 * 3600).await;
+    assert_eq!(sim.vm(&starved).await["status"], "SmallBalance");
+
+    // Small VMs paid one at a time, each deposit too small for the large VM's top-up, until
+    // their reserves together cover its missed charge and a new reserve.
+    let mut small_vms = Vec::new();
+    let mut reserves = 0;
+    while reserves < 2 * q {
+        let deposit = fund_deposit(&sim, 1).await;
+        assert!(
+            deposit.micros() < q,
+            "the large VM must not be able to refill"
+        );
+        small_vms.push(sim.create_ok(small(), 1).await.remove(0));
+        reserves += deposit.micros() / 2;
+    }
+    assert_eq!(sim.vm(&starved).await["status"], "SmallBalance");
+    sim.advance(3600).await;
+    assert_eq!(sim.vm(&starved).await["status"], "InsufficientFunds");
+
+    let (status, _) = sim
+        .call("DELETE", "/vms/v3", Some(json!({ "vmIds": small_vms })))
+        .await;
+    assert_eq!(status, 200);
+    let vm = sim.vm(&starved).await;
+    assert_eq!(vm["status"], "Active");
+    assert_eq!(vm["nextBillingAt"], "2025-11-06T09:14:27Z");
+    assert_eq!(vm["reservedBalance"], vm["pricePerEpoch"]);
+    assert_eq!(sim.balance().await, usdc(reserves - 2 * q));
+    sim.advance(3600).await;
+    assert_eq!(sim.vm(&starved).await["status"], "Active");
+}
+
+#[tokio::test]
+async fn an_insufficient_funds_vm_not_rescued_is_terminated_after_the_grace_period() {
+    let sim = sim().await;
+    fund_deposit(&sim, 1).await;
+    let id = sim.create_ok(small(), 1).await.remove(0);
+    let p = money(&sim.vm(&id).await["pricePerEpoch"]).micros();
+    sim.advance(2 * 24 * 3600).await;
+    assert_eq!(sim.vm(&id).await["status"], "InsufficientFunds");
+    let short = usdc(p - 1).to_string();
+    sim.control("POST", "/_sim/balance", Some(json!({ "usdc": short })))
+        .await;
+    sim.advance(3599).await;
+    assert_eq!(sim.vm(&id).await["status"], "InsufficientFunds");
+    sim.advance(1).await;
+    let vm = sim.vm(&id).await;
+    assert_eq!(vm["status"], "Terminated");
+    assert!(vm.get("nextBillingAt").is_none());
+    // Money that comes after the termination rescues nothing.
+    sim.control("POST", "/_sim/balance", Some(json!({ "usdc": "10" })))
+        .await;
+    assert_eq!(sim.vm(&id).await["status"], "Terminated");
+    assert_eq!(sim.balance().await, usdc(10_000_000));
+}
+
 #[tokio::test]
 async fn a_provider_terminated_vm_keeps_its_reserve_until_deleted() {
     let sim = sim().await;
