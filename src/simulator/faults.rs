@@ -30,6 +30,24 @@ pub enum FaultKind {
     VisibilityDelay,
 }
 
+impl FaultKind {
+    /// Faults that stand for "the work was done, then something went wrong" (or that shape the
+    /// work done). They fire only on a call that succeeded; on one the API refused anyway
+    /// (a 4xx for a bad name, say) nothing was committed, so the real answer goes out and the
+    /// fault stays armed for the next call.
+    pub fn needs_commit(self) -> bool {
+        matches!(
+            self,
+            FaultKind::CommitThenError
+                | FaultKind::CommitThenReset
+                | FaultKind::CommitThenHang
+                | FaultKind::MalformedBody
+                | FaultKind::CommitPartial
+                | FaultKind::VisibilityDelay
+        )
+    }
+}
+
 /// The body of `POST /_sim/faults`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -70,6 +88,17 @@ struct Armed {
 #[derive(Debug, Default)]
 pub struct Faults {
     armed: Vec<Armed>,
+    /// Bumped by `clear`, so a fault taken before a clear is not given back after it.
+    generation: u64,
+}
+
+/// A fault handed to a call, with what it takes to give it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Taken {
+    pub fault: Fault,
+    method: String,
+    path: String,
+    generation: u64,
 }
 
 impl Faults {
@@ -111,10 +140,11 @@ impl Faults {
 
     pub fn clear(&mut self) {
         self.armed.clear();
+        self.generation += 1;
     }
 
     /// The first armed fault for this call, used up by one.
-    pub fn take(&mut self, method: &str, path: &str) -> Option<Fault> {
+    pub fn take(&mut self, method: &str, path: &str) -> Option<Taken> {
         let path = normalise_path(path);
         let position = self
             .armed
@@ -122,9 +152,37 @@ impl Faults {
             .position(|a| a.remaining > 0 && a.method == method && a.path == path)?;
         let armed = self.armed.get_mut(position)?;
         armed.remaining -= 1;
-        let fault = armed.fault.clone();
+        let taken = Taken {
+            fault: armed.fault.clone(),
+            method: armed.method.clone(),
+            path: armed.path.clone(),
+            generation: self.generation,
+        };
         self.armed.retain(|a| a.remaining > 0);
-        Some(fault)
+        Some(taken)
+    }
+
+    /// Re-arms a fault taken by a call it did not fire on, first in line for its endpoint as
+    /// it was. A fault cleared in the meantime stays cleared.
+    pub fn give_back(&mut self, taken: Taken) {
+        if taken.generation != self.generation {
+            return;
+        }
+        let same =
+            |a: &Armed| a.method == taken.method && a.path == taken.path && a.fault == taken.fault;
+        if let Some(armed) = self.armed.iter_mut().find(|a| same(a)) {
+            armed.remaining = armed.remaining.saturating_add(1);
+            return;
+        }
+        self.armed.insert(
+            0,
+            Armed {
+                method: taken.method,
+                path: taken.path,
+                remaining: 1,
+                fault: taken.fault,
+            },
+        );
     }
 }
 
@@ -156,8 +214,33 @@ mod tests {
         };
         assert!(faults.add(spec).is_ok());
         assert_eq!(faults.take("GET", "/vms/v3"), None);
-        assert_eq!(faults.take("POST", "/vms/v3").map(|f| f.status), Some(502));
+        assert_eq!(
+            faults.take("POST", "/vms/v3").map(|t| t.fault.status),
+            Some(502)
+        );
         assert!(faults.take("POST", "/vms/v3?x=1").is_some());
+        assert_eq!(faults.take("POST", "/vms/v3"), None);
+    }
+
+    #[test]
+    fn a_fault_given_back_fires_again_unless_cleared_meanwhile() {
+        let mut faults = Faults::default();
+        let spec = FaultSpec {
+            endpoint: "POST /vms/v3".into(),
+            fault: FaultKind::CommitThenError,
+            status: None,
+            delay_ms: None,
+            count: Some(1),
+            instances_created: None,
+            seconds: None,
+        };
+        assert!(faults.add(spec).is_ok());
+        let taken = faults.take("POST", "/vms/v3");
+        assert_eq!(faults.take("POST", "/vms/v3"), None);
+        faults.give_back(taken.clone().unwrap_or_else(|| panic!("armed")));
+        assert_eq!(faults.take("POST", "/vms/v3"), taken);
+        faults.clear();
+        faults.give_back(taken.unwrap_or_else(|| panic!("armed")));
         assert_eq!(faults.take("POST", "/vms/v3"), None);
     }
 }

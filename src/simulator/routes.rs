@@ -87,7 +87,8 @@ async fn fluence_layer(State(sim): State<Simulator>, request: Request, next: Nex
         return ApiError::new(status, "Auth failed. No such API Key").into_response();
     }
 
-    let fault = sim.faults().take(&method, &path);
+    let taken = sim.faults().take(&method, &path);
+    let fault = taken.as_ref().map(|t| t.fault.clone());
     let mut request = Request::from_parts(parts, Body::from(bytes));
     if let Some(fault) = &fault {
         match fault.kind {
@@ -114,10 +115,15 @@ async fn fluence_layer(State(sim): State<Simulator>, request: Request, next: Nex
     }
 
     let response = next.run(request).await;
-    let Some(fault) = fault else {
+    let (Some(fault), Some(taken)) = (fault, taken) else {
         sim.finish_call(call, Some(response.status()));
         return response;
     };
+    if fault.kind.needs_commit() && !response.status().is_success() {
+        sim.faults().give_back(taken);
+        sim.finish_call(call, Some(response.status()));
+        return response;
+    }
     let response = match fault.kind {
         FaultKind::CommitThenError | FaultKind::CommitPartial => injected_error(&fault),
         FaultKind::MalformedBody => {

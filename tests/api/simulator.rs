@@ -1745,6 +1745,93 @@ async fn fault_delays_out_of_bounds_are_refused_and_nothing_is_armed() {
 }
 
 #[tokio::test]
+async fn commit_faults_pass_a_refusal_through_and_stay_armed_for_a_call_that_commits() {
+    let sim = sim().await;
+    let mut bad_name = create_body(small(), 2, json!([]));
+    bad_name["vmConfiguration"]["name"] = json!("web_1");
+    let refused = (
+        422,
+        json!({ "error": "Invalid name: only letters, digits and hyphens are allowed" }),
+    );
+
+    arm(
+        &sim,
+        json!({ "endpoint": "POST /vms/v3", "fault": "commit_then_error", "status": 502 }),
+    )
+    .await;
+    assert_eq!(
+        sim.call("POST", "/vms/v3", Some(bad_name.clone())).await,
+        refused
+    );
+    assert_eq!(vm_count(&sim).await, 0);
+    assert_eq!(sim.create(small(), 1).await.0, 502);
+    assert_eq!(vm_count(&sim).await, 1);
+
+    arm(
+        &sim,
+        json!({ "endpoint": "POST /vms/v3", "fault": "malformed_body" }),
+    )
+    .await;
+    assert_eq!(
+        sim.call("POST", "/vms/v3", Some(bad_name.clone())).await,
+        refused
+    );
+    let (status, body) = sim.create(small(), 1).await;
+    assert_eq!(status, 201);
+    assert!(body.is_string(), "the body does not parse: {body}");
+    assert_eq!(vm_count(&sim).await, 2);
+
+    arm(
+        &sim,
+        json!({ "endpoint": "POST /vms/v3", "fault": "commit_partial", "instances_created": 1, "status": 503 }),
+    )
+    .await;
+    assert_eq!(
+        sim.call("POST", "/vms/v3", Some(bad_name.clone())).await,
+        refused
+    );
+    assert_eq!(vm_count(&sim).await, 2);
+    assert_eq!(sim.create(small(), 3).await.0, 503);
+    assert_eq!(vm_count(&sim).await, 3);
+
+    arm(
+        &sim,
+        json!({ "endpoint": "POST /vms/v3", "fault": "commit_then_reset" }),
+    )
+    .await;
+    assert_eq!(
+        sim.call("POST", "/vms/v3", Some(bad_name.clone())).await,
+        refused
+    );
+    let result = sim
+        .request("POST", "/vms/v3", Some(&create_body(small(), 1, json!([]))))
+        .header("X-API-KEY", KEY)
+        .send()
+        .await;
+    assert!(result.is_err(), "the connection is reset");
+    assert_eq!(vm_count(&sim).await, 4);
+
+    // Nothing is left armed, and the record shows the real answers.
+    assert_eq!(sim.create(small(), 1).await.0, 201);
+    let calls = sim.state().await["calls"].clone();
+    let statuses: Vec<Value> = calls
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["method"] == "POST" && c["path"] == "/vms/v3")
+        .map(|c| c["status"].clone())
+        .collect();
+    assert_eq!(
+        statuses,
+        [422, 502, 422, 201, 422, 503, 422]
+            .into_iter()
+            .map(|s| json!(s))
+            .chain([Value::Null, json!(201)])
+            .collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
 async fn listing_ten_thousand_vms_and_a_month_of_billing_stay_fast() {
     let sim = sim_with(SimulatorConfig {
         initial_balance: usdc(1_000_000_000_000),
