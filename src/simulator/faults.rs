@@ -20,13 +20,15 @@ pub enum FaultKind {
     CommitThenReset,
     /// Do the work, then never answer.
     CommitThenHang,
-    /// Wait `delay_ms` real milliseconds, then behave normally.
+    /// Wait `delay_ms` (required) real milliseconds, then behave normally.
     Delay,
     /// Do the work, then answer the success status with a body that does not parse.
     MalformedBody,
-    /// Create `instances_created` of the VMs asked for, then answer an error.
+    /// Create `instances_created` (required, any k >= 0) of the VMs asked for, then answer an
+    /// error. A k above the number asked for creates them all: min(k, instances).
     CommitPartial,
-    /// Create normally, but keep the new VMs out of lists for `seconds` virtual seconds.
+    /// Create normally, but keep the new VMs out of lists for `seconds` (required) virtual
+    /// seconds.
     VisibilityDelay,
 }
 
@@ -111,6 +113,20 @@ impl Faults {
         let status = spec.status.unwrap_or(500);
         if !(100..=599).contains(&status) {
             return Err(format!("status {status} is not an HTTP status"));
+        }
+        // Without its amount a fault would silently do nothing (or create no VM at all).
+        let missing = match spec.fault {
+            FaultKind::Delay if spec.delay_ms.is_none() => Some("delay needs \"delay_ms\""),
+            FaultKind::CommitPartial if spec.instances_created.is_none() => {
+                Some("commit_partial needs \"instances_created\"")
+            }
+            FaultKind::VisibilityDelay if spec.seconds.is_none() => {
+                Some("visibility_delay needs \"seconds\"")
+            }
+            _ => None,
+        };
+        if let Some(message) = missing {
+            return Err(message.to_owned());
         }
         if spec.delay_ms.is_some_and(|ms| ms > MAX_DELAY_MS) {
             return Err(format!("delay_ms must be within 0..={MAX_DELAY_MS}"));

@@ -1681,6 +1681,46 @@ async fn commit_partial_creates_only_some_of_the_vms() {
 }
 
 #[tokio::test]
+async fn faults_without_their_amount_are_refused_and_commit_partial_creates_at_most_what_was_asked()
+{
+    let sim = sim().await;
+    for (fault, field) in [
+        ("commit_partial", "instances_created"),
+        ("visibility_delay", "seconds"),
+        ("delay", "delay_ms"),
+    ] {
+        let (status, body) = sim
+            .control(
+                "POST",
+                "/_sim/faults",
+                Some(json!({ "endpoint": "POST /vms/v3", "fault": fault })),
+            )
+            .await;
+        assert_eq!(status, 400, "{fault}: {body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| e.contains(field)),
+            "{body}"
+        );
+    }
+    assert_eq!(sim.create(small(), 1).await.0, 201);
+
+    arm(
+        &sim,
+        json!({ "endpoint": "POST /vms/v3", "fault": "commit_partial", "instances_created": 5 }),
+    )
+    .await;
+    assert_eq!(sim.create(small(), 2).await.0, 500);
+    assert_eq!(vm_count(&sim).await, 3);
+    arm(
+        &sim,
+        json!({ "endpoint": "POST /vms/v3", "fault": "commit_partial", "instances_created": 0 }),
+    )
+    .await;
+    assert_eq!(sim.create(small(), 2).await.0, 500);
+    assert_eq!(vm_count(&sim).await, 3);
+}
+
+#[tokio::test]
 async fn visibility_delay_hides_new_vms_until_the_clock_moves() {
     let sim = sim().await;
     arm(
