@@ -72,13 +72,14 @@ pub async fn not_found() -> Response {
 async fn fluence_layer(State(sim): State<Simulator>, request: Request, next: Next) -> Response {
     let method = request.method().as_str().to_owned();
     let path = request.uri().path().to_owned();
+    let query = request.uri().query().map(str::to_owned);
     let kill = request.extensions().get::<KillHandle>().cloned();
     let (parts, body) = request.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, BODY_LIMIT).await else {
         return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large")
             .into_response();
     };
-    let call = sim.record_call(&method, &path, &bytes);
+    let call = sim.record_call(&method, &path, query, &bytes);
 
     if !sim.authorised(&parts.headers) {
         let status = sim.state().switches.auth_failure_status;
@@ -187,8 +188,8 @@ impl Simulator {
             })
     }
 
-    /// Records the call (method, path, body; never headers) and returns its position.
-    fn record_call(&self, method: &str, path: &str, body: &[u8]) -> usize {
+    /// Records the call (method, path, query, body; never headers) and returns its position.
+    fn record_call(&self, method: &str, path: &str, query: Option<String>, body: &[u8]) -> usize {
         let body = if body.is_empty() {
             Value::Null
         } else {
@@ -199,6 +200,7 @@ impl Simulator {
         state.calls.push(CallRecord {
             method: method.to_owned(),
             path: path.to_owned(),
+            query,
             status: None,
             body,
         });

@@ -133,7 +133,10 @@ pub struct Charge {
 #[derive(Debug, Clone, Serialize)]
 pub struct CallRecord {
     pub method: String,
+    /// Without the query, so tests can match on it.
     pub path: String,
+    /// The raw query string (`ids=0x..`), `null` when there is none.
+    pub query: Option<String>,
     /// `None` when no answer was given (a reset or a hang).
     pub status: Option<u16>,
     pub body: Value,

@@ -1597,6 +1597,40 @@ async fn error_before_commit_changes_nothing_and_commit_then_error_does() {
 }
 
 #[tokio::test]
+async fn the_call_record_keeps_the_query_apart_from_the_path() {
+    let sim = sim().await;
+    let id = sim.create_ok(small(), 1).await.remove(0);
+    let (status, _) = sim
+        .call("GET", &format!("/vms/v3/status?ids={id}"), None)
+        .await;
+    assert_eq!(status, 200);
+    sim.list().await;
+    let calls = sim.state().await["calls"].clone();
+    let status_call = calls
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["path"] == "/vms/v3/status")
+        .cloned()
+        .expect("the status call is recorded");
+    assert_eq!(status_call["query"], json!(format!("ids={id}")));
+    assert_eq!(status_call["status"], 200);
+    let list_call = calls
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["method"] == "GET" && c["path"] == "/vms/v3")
+        .cloned()
+        .expect("the list call is recorded");
+    assert_eq!(list_call["query"], Value::Null);
+    assert!(
+        list_call
+            .as_object()
+            .is_some_and(|o| o.contains_key("query"))
+    );
+}
+
+#[tokio::test]
 async fn commit_then_reset_gives_a_transport_error_after_creating() {
     let sim = sim().await;
     arm(
