@@ -111,6 +111,10 @@ fn multiplier_ppm(value: &Value) -> Result<i64, ApiError> {
     Ok(ppm)
 }
 
+/// `capacity` sets each matching offer's free slots to N now, spread over its servers. It is not
+/// a ceiling: VMs placed before the change still hold their slots, and deleting or terminating
+/// them later gives those slots back on top of N, exactly as any release does. Tests that need
+/// an exact count set capacity after the VMs they care about are gone.
 async fn adjust_market(State(sim): State<Simulator>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let change: MarketChange = parse(&body)?;
     let ppm = change
