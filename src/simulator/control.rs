@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::faults::FaultSpec;
 use super::state::{IdCase, ResourceAmounts, SshKeyCreateResponse};
 use super::{BillingMode, Simulator};
-use crate::domain::money::Usdc;
+use crate::domain::money::{MICROS_PER_USDC, Usdc};
 use crate::fluence::timefmt;
 
 pub fn router(sim: Simulator) -> Router {
@@ -57,7 +57,9 @@ async fn advance_clock(State(sim): State<Simulator>, body: Bytes) -> Result<Json
     let advance: Advance = parse(&body)?;
     let seconds = i64::try_from(advance.advance_seconds)
         .map_err(|_| ApiError::bad_request("advance_seconds is too large"))?;
-    sim.state().advance(seconds);
+    sim.state()
+        .advance(seconds)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok(now_body(&sim))
 }
 
@@ -86,18 +88,33 @@ struct MarketChange {
     capacity: Option<u32>,
 }
 
-/// The multiplier's decimal text read exactly into parts per million (no float in between).
+/// The largest `price_multiplier`. Far beyond any price shock worth testing, and small enough
+/// that no price, deposit or total computed from it can leave micro-USDC's range.
+const MAX_MULTIPLIER: i64 = 1000;
+
+/// The multiplier's decimal text read exactly into parts per million (no float in between);
+/// it must be greater than 0 and at most [`MAX_MULTIPLIER`].
 fn multiplier_ppm(value: &Value) -> Result<i64, ApiError> {
     let text = match value {
         Value::String(text) => text.clone(),
         Value::Number(number) => number.to_string(),
         _ => return Err(ApiError::bad_request("price_multiplier must be a number")),
     };
-    Usdc::parse(&text)
+    let ppm = Usdc::parse(&text)
         .map(Usdc::micros)
-        .map_err(|e| ApiError::bad_request(format!("price_multiplier {text:?} {e}")))
+        .map_err(|e| ApiError::bad_request(format!("price_multiplier {text:?} {e}")))?;
+    if ppm <= 0 || ppm > MAX_MULTIPLIER * MICROS_PER_USDC {
+        return Err(ApiError::bad_request(format!(
+            "price_multiplier must be greater than 0 and at most {MAX_MULTIPLIER}"
+        )));
+    }
+    Ok(ppm)
 }
 
+/// `capacity` sets each matching offer's free slots to N now, spread over its servers. It is not
+/// a ceiling: VMs placed before the change still hold their slots, and deleting or terminating
+/// them later gives those slots back on top of N, exactly as any release does. Tests that need
+/// an exact count set capacity after the VMs they care about are gone.
 async fn adjust_market(State(sim): State<Simulator>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let change: MarketChange = parse(&body)?;
     let ppm = change

@@ -158,28 +158,34 @@ impl Market {
         950 + i64::try_from(spread).unwrap_or(0)
     }
 
-    pub fn prices(&self, offer: &Offer, now: DateTime<Utc>) -> Prices {
+    /// `None` when a price would not fit in micro-USDC or would be negative: such an offer is
+    /// left out everywhere rather than sold at a wrapped or saturated price.
+    pub fn prices(&self, offer: &Offer, now: DateTime<Utc>) -> Option<Prices> {
         let drift = self.drift_per_mille(offer, now);
-        let scale = |base: i64| -> i64 {
-            let wide = i128::from(base) * i128::from(drift) * i128::from(offer.multiplier_ppm)
+        let scale = |base: i64| -> Option<i64> {
+            let wide = i128::from(base)
+                .checked_mul(i128::from(drift))?
+                .checked_mul(i128::from(offer.multiplier_ppm))?
                 / (1000 * i128::from(PPM));
-            i64::try_from(wide).unwrap_or(i64::MAX)
+            i64::try_from(wide).ok().filter(|price| *price >= 0)
         };
         let units = UnitPrices {
-            vcpu: scale(offer.base.vcpu),
-            ram: scale(offer.base.ram),
-            storage: scale(offer.base.storage),
-            ip: scale(offer.base.ip),
-            extra_storage: scale(offer.base.extra_storage),
+            vcpu: scale(offer.base.vcpu)?,
+            ram: scale(offer.base.ram)?,
+            storage: scale(offer.base.storage)?,
+            ip: scale(offer.base.ip)?,
+            extra_storage: scale(offer.base.extra_storage)?,
         };
-        let configuration = units.vcpu * offer.config.cores
-            + units.ram * offer.config.ram_gib
-            + units.storage * offer.config.storage_gib
-            + units.ip;
-        Prices {
+        let configuration = units
+            .vcpu
+            .checked_mul(offer.config.cores)?
+            .checked_add(units.ram.checked_mul(offer.config.ram_gib)?)?
+            .checked_add(units.storage.checked_mul(offer.config.storage_gib)?)?
+            .checked_add(units.ip)?;
+        Some(Prices {
             units,
             configuration,
-        }
+        })
     }
 
     /// Offers matching the constraints, as `POST /marketplace/offers` lists them.
@@ -195,7 +201,9 @@ impl Market {
             let Some(price) = self.candidate_price(offer, constraints, &ask, now) else {
                 continue;
             };
-            let prices = self.prices(offer, now);
+            let Some(prices) = self.prices(offer, now) else {
+                continue;
+            };
             let servers: Vec<&Server> = offer
                 .servers
                 .iter()
@@ -255,12 +263,13 @@ impl Market {
             .iter()
             .enumerate()
             .filter_map(|(index, offer)| {
-                let has_room = offer
-                    .servers
-                    .iter()
-                    .any(|s| server_slots(offer, s, &ask) > 0);
+                // api-shapes 12.3 drops an offer for its filters, its price, `perVmLimit` and
+                // free storage only. A full offer stays a candidate, so running out of slots
+                // is "Not enough offers found" from the fill below, never "No suitable offer".
+                let storage_fits =
+                    ask.gib == 0 || offer.servers.iter().any(|s| s.storage_free >= ask.gib);
                 let price = self.candidate_price(offer, constraints, &ask, now)?;
-                has_room.then_some((index, price))
+                storage_fits.then_some((index, price))
             })
             .collect();
         if constraints.basic_configuration.is_none() {
@@ -457,7 +466,7 @@ impl Market {
                 return None;
             }
         }
-        let prices = self.prices(offer, now);
+        let prices = self.prices(offer, now)?;
         let extra = i64::try_from(ask.gib)
             .ok()?
             .checked_mul(prices.units.extra_storage)?;
@@ -728,7 +737,9 @@ mod tests {
         let market = Market::generate(42);
         for offer in &market.offers {
             for hour in 0..48 {
-                let p = market.prices(offer, at(1_700_000_000 + hour * 3600));
+                let Some(p) = market.prices(offer, at(1_700_000_000 + hour * 3600)) else {
+                    panic!("the generated prices are in range");
+                };
                 let c = offer.config;
                 assert_eq!(
                     p.configuration,
@@ -746,20 +757,20 @@ mod tests {
     fn prices_drift_by_the_hour_and_can_be_frozen() {
         let mut market = Market::generate(42);
         let offer = market.offers[0].clone();
-        let hours: BTreeSet<i64> = (0..24)
+        let hours: BTreeSet<Option<i64>> = (0..24)
             .map(|h| {
                 market
                     .prices(&offer, at(1_700_000_000 + h * 3600))
-                    .configuration
+                    .map(|p| p.configuration)
             })
             .collect();
         assert!(hours.len() > 1);
         market.drift = false;
-        let frozen: BTreeSet<i64> = (0..24)
+        let frozen: BTreeSet<Option<i64>> = (0..24)
             .map(|h| {
                 market
                     .prices(&offer, at(1_700_000_000 + h * 3600))
-                    .configuration
+                    .map(|p| p.configuration)
             })
             .collect();
         assert_eq!(frozen.len(), 1);
@@ -796,6 +807,40 @@ mod tests {
         assert_eq!(
             market.plan(&capped, 1, now),
             Err(MatchError::NoSuitableOffer)
+        );
+    }
+
+    #[test]
+    fn a_multiplier_that_would_overflow_leaves_the_offer_out_instead_of_wrapping() {
+        let mut market = Market::generate(42);
+        let now = at(1_700_000_000);
+        for offer in &mut market.offers {
+            offer.multiplier_ppm = i64::MAX;
+        }
+        let constraints = OfferConstraints::default();
+        let listed = market.list(&constraints, now).unwrap_or_default();
+        // The small configurations still fit in micro-USDC; the large ones would not.
+        assert!(!listed.is_empty() && listed.len() < market.offers.len());
+        assert!(listed.iter().all(|o| o.configuration.price > Usdc::ZERO));
+        let large = OfferConstraints {
+            basic_configuration: Some(CONFIGURATIONS[3].slug.into()),
+            ..Default::default()
+        };
+        assert_eq!(market.list(&large, now).map(|l| l.len()), Ok(0));
+        assert_eq!(
+            market.plan(&large, 1, now),
+            Err(MatchError::NoSuitableOffer)
+        );
+        // A large but representable multiplier gives large, positive prices.
+        for offer in &mut market.offers {
+            offer.multiplier_ppm = 1000 * PPM;
+        }
+        let listed = market.list(&constraints, now).unwrap_or_default();
+        assert!(!listed.is_empty());
+        assert!(
+            listed
+                .iter()
+                .all(|o| o.configuration.price > Usdc::from_micros(1_000_000))
         );
     }
 

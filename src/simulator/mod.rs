@@ -10,6 +10,7 @@ mod control;
 mod error;
 mod faults;
 mod ident;
+mod ips;
 mod market;
 mod rng;
 mod routes;

@@ -72,13 +72,14 @@ pub async fn not_found() -> Response {
 async fn fluence_layer(State(sim): State<Simulator>, request: Request, next: Next) -> Response {
     let method = request.method().as_str().to_owned();
     let path = request.uri().path().to_owned();
+    let query = request.uri().query().map(str::to_owned);
     let kill = request.extensions().get::<KillHandle>().cloned();
     let (parts, body) = request.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, BODY_LIMIT).await else {
         return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large")
             .into_response();
     };
-    let call = sim.record_call(&method, &path, &bytes);
+    let call = sim.record_call(&method, &path, query, &bytes);
 
     if !sim.authorised(&parts.headers) {
         let status = sim.state().switches.auth_failure_status;
@@ -87,7 +88,8 @@ async fn fluence_layer(State(sim): State<Simulator>, request: Request, next: Nex
         return ApiError::new(status, "Auth failed. No such API Key").into_response();
     }
 
-    let fault = sim.faults().take(&method, &path);
+    let taken = sim.faults().take(&method, &path);
+    let fault = taken.as_ref().map(|t| t.fault.clone());
     let mut request = Request::from_parts(parts, Body::from(bytes));
     if let Some(fault) = &fault {
         match fault.kind {
@@ -114,10 +116,15 @@ async fn fluence_layer(State(sim): State<Simulator>, request: Request, next: Nex
     }
 
     let response = next.run(request).await;
-    let Some(fault) = fault else {
+    let (Some(fault), Some(taken)) = (fault, taken) else {
         sim.finish_call(call, Some(response.status()));
         return response;
     };
+    if fault.kind.needs_commit() && !response.status().is_success() {
+        sim.faults().give_back(taken);
+        sim.finish_call(call, Some(response.status()));
+        return response;
+    }
     let response = match fault.kind {
         FaultKind::CommitThenError | FaultKind::CommitPartial => injected_error(&fault),
         FaultKind::MalformedBody => {
@@ -181,8 +188,8 @@ impl Simulator {
             })
     }
 
-    /// Records the call (method, path, body; never headers) and returns its position.
-    fn record_call(&self, method: &str, path: &str, body: &[u8]) -> usize {
+    /// Records the call (method, path, query, body; never headers) and returns its position.
+    fn record_call(&self, method: &str, path: &str, query: Option<String>, body: &[u8]) -> usize {
         let body = if body.is_empty() {
             Value::Null
         } else {
@@ -193,6 +200,7 @@ impl Simulator {
         state.calls.push(CallRecord {
             method: method.to_owned(),
             path: path.to_owned(),
+            query,
             status: None,
             body,
         });

@@ -6,14 +6,15 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 
-use chrono::{DateTime, Duration, NaiveTime, Utc};
+use chrono::{DateTime, NaiveTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::catalog::{CpuSpec, IMAGE_SUFFIXES, RamSpec};
-use super::clock::Clock;
+use super::clock::{Clock, TooFar};
 use super::error::ApiError;
 use super::ident::{eip55, parse_public_key};
+use super::ips::{IpPool, Slot};
 use super::market::{Market, MatchError, Placement, cpu_metadata, ram_metadata};
 use super::rng::SplitMix64;
 use super::{BillingMode, SimulatorConfig};
@@ -104,6 +105,8 @@ pub struct Vm {
     pub os_image: String,
     dc: usize,
     pub public_ip: Option<String>,
+    /// The pool address behind `public_ip`, given back when the VM stops or is terminated.
+    ip_slot: Option<Slot>,
     pub ports: Vec<Port>,
     /// The capacity held; `None` once given back.
     placement: Option<Placement>,
@@ -130,7 +133,10 @@ pub struct Charge {
 #[derive(Debug, Clone, Serialize)]
 pub struct CallRecord {
     pub method: String,
+    /// Without the query, so tests can match on it.
     pub path: String,
+    /// The raw query string (`ids=0x..`), `null` when there is none.
+    pub query: Option<String>,
     /// `None` when no answer was given (a reset or a hang).
     pub status: Option<u16>,
     pub body: Value,
@@ -155,8 +161,10 @@ pub struct State {
     events: BinaryHeap<Reverse<Event>>,
     seq: u64,
     rng: SplitMix64,
-    next_ip: u32,
-    small_balance: BTreeSet<usize>,
+    ips: IpPool,
+    /// VMs waiting for money: `SmallBalance` (reserve short) or `InsufficientFunds` (a charge
+    /// unpaid, until its grace period ends); retried whenever the balance goes up.
+    underfunded: BTreeSet<usize>,
     pub charges: Vec<Charge>,
     pub calls: Vec<CallRecord>,
     ssh_keys: Vec<SshKey>,
@@ -187,8 +195,8 @@ impl State {
             seq: 0,
             // A stream apart from the marketplace's, so creating VMs never shifts the offers.
             rng: SplitMix64::new(config.seed ^ 0x5EED_0F1D),
-            next_ip: 0,
-            small_balance: BTreeSet::new(),
+            ips: IpPool::default(),
+            underfunded: BTreeSet::new(),
             charges: Vec::new(),
             calls: Vec::new(),
             ssh_keys: Vec::new(),
@@ -213,10 +221,11 @@ impl State {
         }
     }
 
-    pub fn advance(&mut self, seconds: i64) {
+    pub fn advance(&mut self, seconds: i64) -> Result<(), TooFar> {
         self.sync();
-        self.clock.advance(seconds);
+        self.clock.advance(seconds)?;
         self.sync();
+        Ok(())
     }
 
     pub fn set_drift(&mut self, drift: bool) {
@@ -252,11 +261,10 @@ impl State {
                 }
                 if !vm.stuck {
                     let seconds = i64::try_from(self.switches.launch_seconds).unwrap_or(0);
-                    self.schedule(at + Duration::seconds(seconds), i, EventKind::Activate);
+                    self.schedule(later(at, seconds), i, EventKind::Activate);
                 }
             }
             EventKind::Activate => {
-                let ip = self.peek_ip();
                 let Some(vm) = self.vms.get_mut(i) else {
                     return;
                 };
@@ -264,15 +272,22 @@ impl State {
                     return;
                 }
                 vm.lifecycle = VmStatus::Active;
-                vm.public_ip = Some(ip);
+                let slot = self.ips.allocate();
+                vm.ip_slot = Some(slot);
+                vm.public_ip = Some(IpPool::address(slot));
                 if vm.status == VmStatus::Launching {
                     set_status(vm, VmStatus::Active, at);
                 }
-                self.next_ip += 1;
             }
             EventKind::Bill => self.bill(i, at),
             EventKind::GraceEnd => {
-                if self.vms.get(i).map(|vm| &vm.status) == Some(&VmStatus::InsufficientFunds) {
+                // Only the grace period this event was scheduled for: a VM rescued and unpaid
+                // again since then has a later grace end of its own.
+                let ends_now = self.vms.get(i).is_some_and(|vm| {
+                    vm.status == VmStatus::InsufficientFunds
+                        && later(vm.status_changed_at, GRACE_SECONDS) <= at
+                });
+                if ends_now {
                     self.terminate_at(i, at);
                 }
             }
@@ -287,7 +302,6 @@ impl State {
     }
 
     fn bill(&mut self, i: usize, at: DateTime<Utc>) {
-        let mode = self.switches.billing_mode;
         let Some(vm) = self.vms.get(i) else {
             return;
         };
@@ -300,31 +314,51 @@ impl State {
         }
         // A top-up may have become possible since the last attempt (a refund, say).
         self.try_top_up(i, at);
-        let Some(vm) = self.vms.get_mut(i) else {
-            return;
-        };
-        if vm.reserved < vm.price {
+        if !self.settle(i, at, at) {
+            let Some(vm) = self.vms.get_mut(i) else {
+                return;
+            };
+            // `nextBillingAt` stays at this missed instant while the epoch is unpaid: it is the
+            // charge still due, and the one a rescue pays before billing resumes from it.
             set_status(vm, VmStatus::InsufficientFunds, at);
-            self.small_balance.remove(&i);
-            self.schedule(
-                at + Duration::seconds(GRACE_SECONDS),
-                i,
-                EventKind::GraceEnd,
-            );
-            return;
+            self.underfunded.insert(i);
+            self.schedule(later(at, GRACE_SECONDS), i, EventKind::GraceEnd);
         }
-        vm.reserved = vm.reserved.saturating_sub(vm.price);
-        vm.total_spent = vm
-            .total_spent
-            .checked_add(vm.price)
-            .unwrap_or(vm.total_spent);
+    }
+
+    /// Charges the epoch that fell due at `due` from the reserve, at `at` (later than `due` for a
+    /// rescue), schedules the next charge after `at` on `due`'s schedule, and refills the reserve
+    /// (or marks the VM `SmallBalance`). False, changing nothing, when the reserve falls short.
+    fn settle(&mut self, i: usize, at: DateTime<Utc>, due: DateTime<Utc>) -> bool {
+        let mode = self.switches.billing_mode;
+        let Some(vm) = self.vms.get_mut(i) else {
+            return false;
+        };
+        let charged = vm
+            .reserved
+            .checked_sub(vm.price)
+            .filter(|left| *left >= Usdc::ZERO)
+            .zip(vm.total_spent.checked_add(vm.price));
+        let Some((reserved, total_spent)) = charged else {
+            return false;
+        };
+        vm.reserved = reserved;
+        vm.total_spent = total_spent;
         self.charges.push(Charge {
             vm_id: vm.id.clone(),
             amount: vm.price,
             at: crate::fluence::timefmt::format_vm(&at),
         });
-        let next = next_billing(mode, at, at);
+        let mut next = next_billing(mode, due, at);
+        // A rescue late enough to miss more than one instant skips them: they are not owed.
+        while next <= at {
+            next = next_billing(mode, next, next);
+        }
         vm.next_billing_at = Some(next);
+        if vm.status == VmStatus::InsufficientFunds {
+            let back = vm.lifecycle.clone();
+            set_status(vm, back, at);
+        }
         self.schedule(next, i, EventKind::Bill);
         if !self.try_top_up(i, at) {
             if let Some(vm) = self.vms.get_mut(i) {
@@ -332,36 +366,79 @@ impl State {
                     set_status(vm, VmStatus::SmallBalance, at);
                 }
             }
-            self.small_balance.insert(i);
+            self.underfunded.insert(i);
         }
+        true
     }
 
-    /// Refills the reserve to one epoch from the account; true when the reserve is full.
+    /// Refills the reserve to one epoch from the account; true when the reserve is full. An
+    /// `InsufficientFunds` VM is left to [`State::try_rescue`], which also owes a charge.
     fn try_top_up(&mut self, i: usize, at: DateTime<Utc>) -> bool {
         let Some(vm) = self.vms.get_mut(i) else {
             return false;
         };
-        let need = vm.price.saturating_sub(vm.reserved);
+        if vm.status == VmStatus::InsufficientFunds {
+            return false;
+        }
+        let need = vm.price.checked_sub(vm.reserved).unwrap_or(Usdc::ZERO);
         if need > Usdc::ZERO {
-            if self.balance < need {
+            let Some(left) = self.balance.checked_sub(need).filter(|b| *b >= Usdc::ZERO) else {
                 return false;
-            }
-            self.balance = self.balance.saturating_sub(need);
+            };
+            self.balance = left;
             vm.reserved = vm.price;
         }
         if vm.status == VmStatus::SmallBalance {
             let back = vm.lifecycle.clone();
             set_status(vm, back, at);
         }
-        self.small_balance.remove(&i);
+        self.underfunded.remove(&i);
         true
     }
 
+    /// An `InsufficientFunds` VM within its grace period whose missed charge the account can now
+    /// cover: the reserve is made whole, the missed epoch charged now, and the VM resumes (or
+    /// is `SmallBalance` if the reserve cannot be refilled after that charge).
+    fn try_rescue(&mut self, i: usize, at: DateTime<Utc>) {
+        let Some(vm) = self.vms.get_mut(i) else {
+            return;
+        };
+        if vm.status != VmStatus::InsufficientFunds {
+            return;
+        }
+        let Some(due) = vm.next_billing_at else {
+            return;
+        };
+        let need = vm.price.checked_sub(vm.reserved).unwrap_or(Usdc::ZERO);
+        let Some(left) = self.balance.checked_sub(need).filter(|b| *b >= Usdc::ZERO) else {
+            return;
+        };
+        let (balance, reserved) = (self.balance, vm.reserved);
+        self.balance = left;
+        vm.reserved = vm.price;
+        if !self.settle(i, at, due) {
+            // Only a total beyond micro-USDC's range gets here; undo the top-up.
+            self.balance = balance;
+            if let Some(vm) = self.vms.get_mut(i) {
+                vm.reserved = reserved;
+            }
+        }
+    }
+
+    /// Retries every VM waiting for money, in creation order, after the balance went up.
     fn retry_top_ups(&mut self) {
         let now = self.now();
-        let waiting: Vec<usize> = self.small_balance.iter().copied().collect();
+        let waiting: Vec<usize> = self.underfunded.iter().copied().collect();
         for i in waiting {
-            self.try_top_up(i, now);
+            let unpaid = self
+                .vms
+                .get(i)
+                .is_some_and(|vm| vm.status == VmStatus::InsufficientFunds);
+            if unpaid {
+                self.try_rescue(i, now);
+            } else {
+                self.try_top_up(i, now);
+            }
         }
     }
 
@@ -377,9 +454,12 @@ impl State {
         };
         set_status(vm, VmStatus::Terminated, at);
         vm.public_ip = None;
+        if let Some(slot) = vm.ip_slot.take() {
+            self.ips.release(slot);
+        }
         vm.next_billing_at = None;
         let placement = vm.placement.take();
-        self.small_balance.remove(&i);
+        self.underfunded.remove(&i);
         if let Some(placement) = placement {
             self.market.release(&placement);
         }
@@ -405,16 +485,6 @@ impl State {
         self.vms.get(i).filter(|vm| vm.listed).map(|_| i)
     }
 
-    fn peek_ip(&self) -> String {
-        // RFC 5737 documentation ranges only, so nothing ever reaches a real host.
-        const RANGES: [&str; 3] = ["203.0.113", "198.51.100", "192.0.2"];
-        let n = self.next_ip % (254 * 3);
-        let range = RANGES
-            .get(usize::try_from(n / 254).unwrap_or(0))
-            .unwrap_or(&RANGES[0]);
-        format!("{range}.{}", n % 254 + 1)
-    }
-
     // -----------------------------------------------------------------------------------------
     // Marketplace and VMs
     // -----------------------------------------------------------------------------------------
@@ -429,10 +499,11 @@ impl State {
             .market
             .plan(constraints, instances, self.now())
             .map_err(match_error)?;
-        let total = sum(plan.iter().map(|p| p.price));
+        let total = sum(plan.iter().map(|p| p.price)).ok_or_else(too_large)?;
+        let deposit = total.checked_mul(2).ok_or_else(too_large)?;
         let max = plan.iter().map(|p| p.price).max().unwrap_or(Usdc::ZERO);
         Ok(Estimate {
-            deposit_amount_usdc: total.checked_mul(2).unwrap_or(total),
+            deposit_amount_usdc: deposit,
             deposit_epochs: 2,
             total_price_per_epoch: total,
             max_price_per_epoch: max,
@@ -460,15 +531,22 @@ impl State {
             .market
             .plan(&constraints, request.instances, now)
             .map_err(match_error)?;
-        let deposit = sum(plan.iter().map(|p| p.price))
-            .checked_mul(2)
-            .ok_or_else(|| ApiError::unprocessable("Insufficient balance"))?;
-        if self.balance < deposit {
-            return Err(ApiError::unprocessable("Insufficient balance"));
+        // A deposit too large to represent is certainly more than the balance.
+        let deposit = |plan: &[Placement]| {
+            sum(plan.iter().map(|p| p.price)).and_then(|total| total.checked_mul(2))
+        };
+        let insufficient = || ApiError::unprocessable("Insufficient balance");
+        if deposit(&plan).is_none_or(|deposit| self.balance < deposit) {
+            return Err(insufficient());
         }
         if let Some(only) = options.only {
             plan.truncate(usize::try_from(only).unwrap_or(usize::MAX));
         }
+        // Taken before anything changes, so a failure here leaves no half-made VM behind.
+        self.balance = deposit(&plan)
+            .and_then(|deposit| self.balance.checked_sub(deposit))
+            .filter(|left| *left >= Usdc::ZERO)
+            .ok_or_else(insufficient)?;
         let mut ports = vec![Port {
             port: 22,
             protocol: Protocol::Tcp,
@@ -478,21 +556,21 @@ impl State {
                 ports.push(port.clone());
             }
         }
-        let visible_from = now + Duration::seconds(options.hidden_for.unwrap_or(0).max(0));
+        let visible_from = later(now, options.hidden_for.unwrap_or(0).max(0));
         let mut created = Vec::with_capacity(plan.len());
         for placement in plan {
+            let price = placement.price;
             if !self.market.take(&placement) {
-                // The plan was made from this same state a moment ago; this cannot happen.
+                // The plan was made from this same state a moment ago, so this cannot happen;
+                // if it did, the VM's deposit goes back rather than vanishing.
+                let deposit = price.checked_mul(2).unwrap_or(price);
+                self.balance = refunded(self.balance, deposit);
                 continue;
             }
             let id = self.mint_id();
             let Some(offer) = self.market.offers.get(placement.offer) else {
                 continue;
             };
-            let price = placement.price;
-            self.balance = self
-                .balance
-                .saturating_sub(price.checked_mul(2).unwrap_or(price));
             let next = next_billing(self.switches.billing_mode, now, now);
             let vm = Vm {
                 id: id.clone(),
@@ -508,6 +586,7 @@ impl State {
                 os_image: config.os_image.clone(),
                 dc: offer.dc,
                 public_ip: None,
+                ip_slot: None,
                 ports: ports.clone(),
                 cores: offer.config.cores,
                 ram_gib: offer.config.ram_gib,
@@ -530,7 +609,7 @@ impl State {
                 amount: price,
                 at: crate::fluence::timefmt::format_vm(&now),
             });
-            self.schedule(now + Duration::seconds(NEW_SECONDS), i, EventKind::Launch);
+            self.schedule(later(now, NEW_SECONDS), i, EventKind::Launch);
             self.schedule(next, i, EventKind::Bill);
             let shown = match self.switches.created_id_case {
                 IdCase::Checksum => id,
@@ -733,14 +812,11 @@ impl State {
             if vm.status == VmStatus::Stopped {
                 continue;
             }
-            self.balance = self
-                .balance
-                .checked_add(vm.reserved)
-                .unwrap_or(self.balance);
+            self.balance = refunded(self.balance, vm.reserved);
             vm.reserved = Usdc::ZERO;
             vm.deleted_at = Some(now);
             vm.next_billing_at = None;
-            self.small_balance.remove(&i);
+            self.underfunded.remove(&i);
             if vm.status == VmStatus::Terminated {
                 // Deleting a terminated VM only finalises its record.
                 vm.listed = false;
@@ -748,15 +824,14 @@ impl State {
             }
             set_status(vm, VmStatus::Stopped, now);
             vm.public_ip = None;
+            if let Some(slot) = vm.ip_slot.take() {
+                self.ips.release(slot);
+            }
             let placement = vm.placement.take();
             if let Some(placement) = placement {
                 self.market.release(&placement);
             }
-            self.schedule(
-                now + Duration::seconds(REMOVAL_SECONDS),
-                i,
-                EventKind::Remove,
-            );
+            self.schedule(later(now, REMOVAL_SECONDS), i, EventKind::Remove);
         }
         self.retry_top_ups();
         if removed.is_empty() {
@@ -856,8 +931,28 @@ fn set_status(vm: &mut Vm, status: VmStatus, at: DateTime<Utc>) {
     vm.status_changed_at = at;
 }
 
-fn sum(prices: impl Iterator<Item = Usdc>) -> Usdc {
-    prices.fold(Usdc::ZERO, |acc, p| acc.checked_add(p).unwrap_or(acc))
+/// `None` when the total would leave micro-USDC's range.
+fn sum(mut prices: impl Iterator<Item = Usdc>) -> Option<Usdc> {
+    prices.try_fold(Usdc::ZERO, Usdc::checked_add)
+}
+
+fn too_large() -> ApiError {
+    ApiError::unprocessable("Total price is too large")
+}
+
+/// A refund added to the balance. It saturates rather than fails: the reserve has to go
+/// somewhere, and a balance of nine trillion USDC is past any test's meaning anyway.
+fn refunded(balance: Usdc, refund: Usdc) -> Usdc {
+    Usdc::from_micros(balance.micros().saturating_add(refund.micros()))
+}
+
+/// `at` plus `seconds`, saturating at the end of chrono's calendar. Every input is bounded (the
+/// clock by a century, fault delays by a year), so saturation is not reached in practice; if it
+/// were, an event that never comes is better than a panic that poisons every later request.
+fn later(at: DateTime<Utc>, seconds: i64) -> DateTime<Utc> {
+    TimeDelta::try_seconds(seconds)
+        .and_then(|delta| at.checked_add_signed(delta))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 fn vm_not_found(id: &str) -> ApiError {
@@ -876,14 +971,14 @@ pub fn next_billing(
     after: DateTime<Utc>,
 ) -> DateTime<Utc> {
     match mode {
-        BillingMode::PerInstance => previous + Duration::seconds(EPOCH_SECONDS),
+        BillingMode::PerInstance => later(previous, EPOCH_SECONDS),
         BillingMode::Global => {
             let time = NaiveTime::from_hms_opt(17, 55, 0).unwrap_or_default();
             let today = after.date_naive().and_time(time).and_utc();
             if today > after {
                 today
             } else {
-                today + Duration::seconds(EPOCH_SECONDS)
+                later(today, EPOCH_SECONDS)
             }
         }
     }

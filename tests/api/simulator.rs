@@ -3,6 +3,7 @@
 // A failed setup step in a test should stop it loudly.
 #![allow(clippy::expect_used)]
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -514,13 +515,11 @@ async fn capacity_runs_out_and_comes_back_after_delete() {
     let created = sim.create_ok(constraints.clone(), total).await;
     assert_eq!(created.len(), usize::try_from(total).expect("count"));
     assert_eq!(slots(&sim, &constraints).await, 0);
+    // Full offers still match: a shortage of slots is "Not enough offers found".
     let (status, body) = sim.create(constraints.clone(), 1).await;
-    assert_eq!(status, 422);
-    // Every offer is full, so none is suitable any more.
-    assert!(
-        body == json!({ "error": "Not enough offers found" })
-            || body == json!({ "error": "No suitable offer found" }),
-        "{body}"
+    assert_eq!(
+        (status, body),
+        (422, json!({ "error": "Not enough offers found" }))
     );
 
     let (status, _) = sim
@@ -529,6 +528,42 @@ async fn capacity_runs_out_and_comes_back_after_delete() {
     assert_eq!(status, 200);
     assert_eq!(slots(&sim, &constraints).await, 1);
     sim.create_ok(constraints, 1).await;
+}
+
+#[tokio::test]
+async fn zero_free_slots_is_not_enough_offers_rather_than_no_suitable_offer() {
+    let sim = sim().await;
+    let (status, _) = sim
+        .control(
+            "POST",
+            "/_sim/market",
+            Some(json!({ "configuration": "cpu-2-ram-4gb-storage-25gb", "capacity": 0 })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let not_enough = (422, json!({ "error": "Not enough offers found" }));
+    assert_eq!(sim.create(small(), 1).await, not_enough);
+    // Without a configuration the smallest one is chosen, and it is full.
+    assert_eq!(sim.create(json!({}), 1).await, not_enough);
+    let estimate = sim
+        .call(
+            "POST",
+            "/vms/v3/estimate",
+            Some(json!({ "constraints": small(), "instances": 1 })),
+        )
+        .await;
+    assert_eq!(estimate, not_enough);
+    // The listing still leaves out offers with nothing to sell.
+    assert_eq!(slots(&sim, &small()).await, 0);
+    // A filter that nothing matches stays "No suitable offer found".
+    let (status, body) = sim
+        .create(json!({ "basicConfiguration": "cpu-2-ram-4gb-storage-25gb", "datacenter": { "countries": ["AQ"] } }), 1)
+        .await;
+    assert_eq!(
+        (status, body),
+        (422, json!({ "error": "No suitable offer found" }))
+    );
+    assert_eq!(vm_count(&sim).await, 0);
 }
 
 #[tokio::test]
@@ -799,6 +834,64 @@ async fn prices_drift_with_time_unless_switched_off_and_can_be_multiplied() {
     );
 }
 
+#[tokio::test]
+async fn a_price_multiplier_outside_0_to_1000_is_refused_and_prices_stay_positive() {
+    let sim = sim().await;
+    let before = sim
+        .call("POST", "/marketplace/offers", Some(small()))
+        .await
+        .1;
+    for multiplier in [
+        json!("9000000000000"),
+        json!("0"),
+        json!(0),
+        json!("1000.000001"),
+    ] {
+        let (status, body) = sim
+            .control(
+                "POST",
+                "/_sim/market",
+                Some(json!({ "price_multiplier": multiplier })),
+            )
+            .await;
+        assert_eq!(status, 400, "{multiplier}: {body}");
+        assert!(body["error"].is_string(), "{body}");
+    }
+    let (_, unchanged) = sim.call("POST", "/marketplace/offers", Some(small())).await;
+    assert_eq!(unchanged, before);
+
+    let (status, _) = sim
+        .control(
+            "POST",
+            "/_sim/market",
+            Some(json!({ "price_multiplier": "1000" })),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (_, offers) = sim
+        .call("POST", "/marketplace/offers", Some(json!({})))
+        .await;
+    let offers = offers.as_array().cloned().unwrap_or_default();
+    assert!(!offers.is_empty());
+    for offer in &offers {
+        assert!(
+            money(&offer["configuration"]["price"]) > usdc(100_000_000),
+            "{offer}"
+        );
+        for resource in offer["resources"].as_array().into_iter().flatten() {
+            assert!(money(&resource["price"]) > Usdc::ZERO, "{resource}");
+        }
+    }
+    let balance = sim.balance().await;
+    let id = sim.create_ok(small(), 1).await.remove(0);
+    let price = money(&sim.vm(&id).await["pricePerEpoch"]);
+    assert!(price > usdc(100_000_000));
+    assert_eq!(
+        sim.balance().await,
+        usdc(balance.micros() - 2 * price.micros())
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Lifecycle and billing
 // ---------------------------------------------------------------------------------------------
@@ -849,6 +942,80 @@ async fn a_vm_goes_new_launching_active_on_the_virtual_clock() {
     assert_eq!(statuses[0]["publicIp"], vm["publicIp"]);
     let (_, none) = sim.call("GET", "/vms/v3/status", None).await;
     assert_eq!(none, json!([]));
+}
+
+/// The public IPs of the listed VMs that have one.
+async fn live_ips(sim: &Sim) -> Vec<String> {
+    sim.list()
+        .await
+        .iter()
+        .filter_map(|vm| vm["publicIp"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn in_documented_ranges(ip: &str) -> bool {
+    let host = ["203.0.113.", "198.51.100."]
+        .iter()
+        .find_map(|range| ip.strip_prefix(range))
+        .and_then(|host| host.parse::<u8>().ok());
+    host.is_some_and(|host| (1..=254).contains(&host))
+}
+
+#[tokio::test]
+async fn public_ips_stay_in_the_documented_ranges_and_are_unique_among_live_vms() {
+    let sim = sim().await;
+    sim.control(
+        "POST",
+        "/_sim/market",
+        Some(json!({ "configuration": "cpu-2-ram-4gb-storage-25gb", "capacity": 2000 })),
+    )
+    .await;
+    let first = sim.create_ok(small(), 508).await;
+    sim.advance(92).await;
+    let ips = live_ips(&sim).await;
+    assert_eq!(ips.len(), 508);
+    assert!(ips.iter().all(|ip| in_documented_ranges(ip)), "{ips:?}");
+    assert_eq!(ips.iter().collect::<HashSet<_>>().len(), 508);
+
+    // Half of them go; their addresses are free for the next ones.
+    let (status, _) = sim
+        .call("DELETE", "/vms/v3", Some(json!({ "vmIds": first[..254] })))
+        .await;
+    assert_eq!(status, 200);
+    sim.advance(10).await;
+    sim.create_ok(small(), 254).await;
+    sim.advance(92).await;
+    let ips = live_ips(&sim).await;
+    assert_eq!(ips.len(), 508);
+    assert!(ips.iter().all(|ip| in_documented_ranges(ip)), "{ips:?}");
+    assert_eq!(ips.iter().collect::<HashSet<_>>().len(), 508);
+
+    // With all 508 held, one more VM shares an address, still from the ranges...
+    sim.create_ok(small(), 1).await;
+    sim.advance(92).await;
+    let ips = live_ips(&sim).await;
+    assert_eq!(ips.len(), 509);
+    assert!(ips.iter().all(|ip| in_documented_ranges(ip)), "{ips:?}");
+    assert_eq!(ips.iter().collect::<HashSet<_>>().len(), 508);
+    // ...but once one is given back (a provider termination here), the next VM gets it alone.
+    let unique = sim
+        .list()
+        .await
+        .into_iter()
+        .find(|vm| {
+            let ip = vm["publicIp"].as_str().unwrap_or_default();
+            ips.iter().filter(|other| *other == ip).count() == 1
+        })
+        .expect("a VM with an address of its own");
+    let id = unique["id"].as_str().expect("id");
+    sim.control("POST", &format!("/_sim/vms/{id}/terminate"), None)
+        .await;
+    sim.create_ok(small(), 1).await;
+    sim.advance(92).await;
+    let ips = live_ips(&sim).await;
+    assert_eq!(ips.len(), 509);
+    assert_eq!(ips.iter().collect::<HashSet<_>>().len(), 508);
+    assert!(ips.contains(&unique["publicIp"].as_str().expect("ip").to_owned()));
 }
 
 #[tokio::test]
@@ -986,6 +1153,142 @@ async fn a_small_balance_vm_recovers_when_the_account_is_funded() {
     let vm = sim.vm(&id).await;
     assert_eq!(vm["status"], "Active");
     assert_eq!(vm["reservedBalance"], vm["pricePerEpoch"]);
+}
+
+/// Sets the balance to the deposit of `instances` small VMs and returns it.
+async fn fund_deposit(sim: &Sim, instances: u32) -> Usdc {
+    let (_, estimate) = sim
+        .call(
+            "POST",
+            "/vms/v3/estimate",
+            Some(json!({ "constraints": small(), "instances": instances })),
+        )
+        .await;
+    let deposit = money(&estimate["depositAmountUsdc"]);
+    sim.control(
+        "POST",
+        "/_sim/balance",
+        Some(json!({ "usdc": deposit.to_string() })),
+    )
+    .await;
+    deposit
+}
+
+#[tokio::test]
+async fn an_insufficient_funds_vm_is_rescued_by_a_top_up_during_its_grace_period() {
+    let sim = sim().await;
+    fund_deposit(&sim, 1).await;
+    let id = sim.create_ok(small(), 1).await.remove(0);
+    let p = money(&sim.vm(&id).await["pricePerEpoch"]).micros();
+    sim.advance(2 * 24 * 3600).await;
+    let vm = sim.vm(&id).await;
+    assert_eq!(vm["status"], "InsufficientFunds");
+    // The unpaid charge is still due at the instant it was missed.
+    assert_eq!(vm["nextBillingAt"], "2025-11-05T09:14:27Z");
+
+    // Not enough for the missed charge: nothing changes.
+    sim.advance(1800).await;
+    let short = usdc(p - 1).to_string();
+    sim.control("POST", "/_sim/balance", Some(json!({ "usdc": short })))
+        .await;
+    assert_eq!(sim.vm(&id).await["status"], "InsufficientFunds");
+    assert_eq!(sim.balance().await, usdc(p - 1));
+
+    sim.control("POST", "/_sim/balance", Some(json!({ "usdc": "10" })))
+        .await;
+    let vm = sim.vm(&id).await;
+    assert_eq!(vm["status"], "Active");
+    assert_eq!(vm["statusChangedAt"], "2025-11-05T09:44:27Z");
+    assert_eq!(vm["nextBillingAt"], "2025-11-06T09:14:27Z");
+    assert_eq!(money(&vm["reservedBalance"]), usdc(p));
+    assert_eq!(money(&vm["totalSpent"]), usdc(3 * p));
+    // The missed charge, then a full reserve again.
+    assert_eq!(sim.balance().await, usdc(10_000_000 - 2 * p));
+    let state = sim.state().await;
+    let charges = state["charges"].as_array().cloned().unwrap_or_default();
+    assert_eq!(charges.len(), 3);
+    assert_eq!(charges[2]["at"], "2025-11-05T09:44:27Z");
+
+    // The grace period passes without a termination, and billing goes on as before.
+    sim.advance(3600).await;
+    assert_eq!(sim.vm(&id).await["status"], "Active");
+    sim.advance(24 * 3600).await;
+    let vm = sim.vm(&id).await;
+    assert_eq!(vm["status"], "Active");
+    assert_eq!(money(&vm["totalSpent"]), usdc(4 * p));
+    assert_eq!(vm["nextBillingAt"], "2025-11-07T09:14:27Z");
+}
+
+#[tokio::test]
+async fn a_refund_from_a_delete_rescues_an_insufficient_funds_vm() {
+    let sim = sim().await;
+    // One price per offer, whenever a VM is made.
+    sim.control(
+        "POST",
+        "/_sim/config",
+        Some(json!({ "price_drift": false })),
+    )
+    .await;
+    let large = json!({ "basicConfiguration": "cpu-8-ram-16gb-storage-25gb" });
+    let starved = sim.create_ok(large, 1).await.remove(0);
+    let q = money(&sim.vm(&starved).await["pricePerEpoch"]).micros();
+    sim.control("POST", "/_sim/balance", Some(json!({ "usdc": "0" })))
+        .await;
+    sim.advance(47 * 3600).await;
+    assert_eq!(sim.vm(&starved).await["status"], "SmallBalance");
+
+    // Small VMs paid one at a time, each deposit too small for the large VM's top-up, until
+    // their reserves together cover its missed charge and a new reserve.
+    let mut small_vms = Vec::new();
+    let mut reserves = 0;
+    while reserves < 2 * q {
+        let deposit = fund_deposit(&sim, 1).await;
+        assert!(
+            deposit.micros() < q,
+            "the large VM must not be able to refill"
+        );
+        small_vms.push(sim.create_ok(small(), 1).await.remove(0));
+        reserves += deposit.micros() / 2;
+    }
+    assert_eq!(sim.vm(&starved).await["status"], "SmallBalance");
+    sim.advance(3600).await;
+    assert_eq!(sim.vm(&starved).await["status"], "InsufficientFunds");
+
+    let (status, _) = sim
+        .call("DELETE", "/vms/v3", Some(json!({ "vmIds": small_vms })))
+        .await;
+    assert_eq!(status, 200);
+    let vm = sim.vm(&starved).await;
+    assert_eq!(vm["status"], "Active");
+    assert_eq!(vm["nextBillingAt"], "2025-11-06T09:14:27Z");
+    assert_eq!(vm["reservedBalance"], vm["pricePerEpoch"]);
+    assert_eq!(sim.balance().await, usdc(reserves - 2 * q));
+    sim.advance(3600).await;
+    assert_eq!(sim.vm(&starved).await["status"], "Active");
+}
+
+#[tokio::test]
+async fn an_insufficient_funds_vm_not_rescued_is_terminated_after_the_grace_period() {
+    let sim = sim().await;
+    fund_deposit(&sim, 1).await;
+    let id = sim.create_ok(small(), 1).await.remove(0);
+    let p = money(&sim.vm(&id).await["pricePerEpoch"]).micros();
+    sim.advance(2 * 24 * 3600).await;
+    assert_eq!(sim.vm(&id).await["status"], "InsufficientFunds");
+    let short = usdc(p - 1).to_string();
+    sim.control("POST", "/_sim/balance", Some(json!({ "usdc": short })))
+        .await;
+    sim.advance(3599).await;
+    assert_eq!(sim.vm(&id).await["status"], "InsufficientFunds");
+    sim.advance(1).await;
+    let vm = sim.vm(&id).await;
+    assert_eq!(vm["status"], "Terminated");
+    assert!(vm.get("nextBillingAt").is_none());
+    // Money that comes after the termination rescues nothing.
+    sim.control("POST", "/_sim/balance", Some(json!({ "usdc": "10" })))
+        .await;
+    assert_eq!(sim.vm(&id).await["status"], "Terminated");
+    assert_eq!(sim.balance().await, usdc(10_000_000));
 }
 
 #[tokio::test]
@@ -1294,6 +1597,40 @@ async fn error_before_commit_changes_nothing_and_commit_then_error_does() {
 }
 
 #[tokio::test]
+async fn the_call_record_keeps_the_query_apart_from_the_path() {
+    let sim = sim().await;
+    let id = sim.create_ok(small(), 1).await.remove(0);
+    let (status, _) = sim
+        .call("GET", &format!("/vms/v3/status?ids={id}"), None)
+        .await;
+    assert_eq!(status, 200);
+    sim.list().await;
+    let calls = sim.state().await["calls"].clone();
+    let status_call = calls
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["path"] == "/vms/v3/status")
+        .cloned()
+        .expect("the status call is recorded");
+    assert_eq!(status_call["query"], json!(format!("ids={id}")));
+    assert_eq!(status_call["status"], 200);
+    let list_call = calls
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["method"] == "GET" && c["path"] == "/vms/v3")
+        .cloned()
+        .expect("the list call is recorded");
+    assert_eq!(list_call["query"], Value::Null);
+    assert!(
+        list_call
+            .as_object()
+            .is_some_and(|o| o.contains_key("query"))
+    );
+}
+
+#[tokio::test]
 async fn commit_then_reset_gives_a_transport_error_after_creating() {
     let sim = sim().await;
     arm(
@@ -1378,6 +1715,46 @@ async fn commit_partial_creates_only_some_of_the_vms() {
 }
 
 #[tokio::test]
+async fn faults_without_their_amount_are_refused_and_commit_partial_creates_at_most_what_was_asked()
+{
+    let sim = sim().await;
+    for (fault, field) in [
+        ("commit_partial", "instances_created"),
+        ("visibility_delay", "seconds"),
+        ("delay", "delay_ms"),
+    ] {
+        let (status, body) = sim
+            .control(
+                "POST",
+                "/_sim/faults",
+                Some(json!({ "endpoint": "POST /vms/v3", "fault": fault })),
+            )
+            .await;
+        assert_eq!(status, 400, "{fault}: {body}");
+        assert!(
+            body["error"].as_str().is_some_and(|e| e.contains(field)),
+            "{body}"
+        );
+    }
+    assert_eq!(sim.create(small(), 1).await.0, 201);
+
+    arm(
+        &sim,
+        json!({ "endpoint": "POST /vms/v3", "fault": "commit_partial", "instances_created": 5 }),
+    )
+    .await;
+    assert_eq!(sim.create(small(), 2).await.0, 500);
+    assert_eq!(vm_count(&sim).await, 3);
+    arm(
+        &sim,
+        json!({ "endpoint": "POST /vms/v3", "fault": "commit_partial", "instances_created": 0 }),
+    )
+    .await;
+    assert_eq!(sim.create(small(), 2).await.0, 500);
+    assert_eq!(vm_count(&sim).await, 3);
+}
+
+#[tokio::test]
 async fn visibility_delay_hides_new_vms_until_the_clock_moves() {
     let sim = sim().await;
     arm(
@@ -1404,6 +1781,128 @@ async fn visibility_delay_hides_new_vms_until_the_clock_moves() {
     );
 
     sim.control("DELETE", "/_sim/faults", None).await;
+}
+
+#[tokio::test]
+async fn fault_delays_out_of_bounds_are_refused_and_nothing_is_armed() {
+    let sim = sim().await;
+    for fault in [
+        json!({ "endpoint": "POST /vms/v3", "fault": "visibility_delay", "seconds": 9_000_000_000_000_000_i64 }),
+        json!({ "endpoint": "POST /vms/v3", "fault": "visibility_delay", "seconds": 365 * 24 * 3600 + 1 }),
+        json!({ "endpoint": "POST /vms/v3", "fault": "visibility_delay", "seconds": -1 }),
+        json!({ "endpoint": "GET /vms/v3", "fault": "delay", "delay_ms": 600_001 }),
+    ] {
+        let (status, body) = sim
+            .control("POST", "/_sim/faults", Some(fault.clone()))
+            .await;
+        assert_eq!(status, 400, "{fault}: {body}");
+        assert!(body["error"].is_string(), "{body}");
+    }
+    let id = sim.create_ok(small(), 1).await.remove(0);
+    assert_eq!(sim.vm(&id).await["status"], "New");
+
+    // The largest delay allowed still works and ends on time.
+    arm(
+        &sim,
+        json!({ "endpoint": "POST /vms/v3", "fault": "visibility_delay", "seconds": 365 * 24 * 3600 }),
+    )
+    .await;
+    let hidden = sim.create_ok(small(), 1).await.remove(0);
+    assert_eq!(sim.list().await.len(), 1);
+    sim.advance(365 * 24 * 3600).await;
+    assert!(
+        sim.list()
+            .await
+            .iter()
+            .any(|vm| vm["id"] == hidden.as_str())
+    );
+}
+
+#[tokio::test]
+async fn commit_faults_pass_a_refusal_through_and_stay_armed_for_a_call_that_commits() {
+    let sim = sim().await;
+    let mut bad_name = create_body(small(), 2, json!([]));
+    bad_name["vmConfiguration"]["name"] = json!("web_1");
+    let refused = (
+        422,
+        json!({ "error": "Invalid name: only letters, digits and hyphens are allowed" }),
+    );
+
+    arm(
+        &sim,
+        json!({ "endpoint": "POST /vms/v3", "fault": "commit_then_error", "status": 502 }),
+    )
+    .await;
+    assert_eq!(
+        sim.call("POST", "/vms/v3", Some(bad_name.clone())).await,
+        refused
+    );
+    assert_eq!(vm_count(&sim).await, 0);
+    assert_eq!(sim.create(small(), 1).await.0, 502);
+    assert_eq!(vm_count(&sim).await, 1);
+
+    arm(
+        &sim,
+        json!({ "endpoint": "POST /vms/v3", "fault": "malformed_body" }),
+    )
+    .await;
+    assert_eq!(
+        sim.call("POST", "/vms/v3", Some(bad_name.clone())).await,
+        refused
+    );
+    let (status, body) = sim.create(small(), 1).await;
+    assert_eq!(status, 201);
+    assert!(body.is_string(), "the body does not parse: {body}");
+    assert_eq!(vm_count(&sim).await, 2);
+
+    arm(
+        &sim,
+        json!({ "endpoint": "POST /vms/v3", "fault": "commit_partial", "instances_created": 1, "status": 503 }),
+    )
+    .await;
+    assert_eq!(
+        sim.call("POST", "/vms/v3", Some(bad_name.clone())).await,
+        refused
+    );
+    assert_eq!(vm_count(&sim).await, 2);
+    assert_eq!(sim.create(small(), 3).await.0, 503);
+    assert_eq!(vm_count(&sim).await, 3);
+
+    arm(
+        &sim,
+        json!({ "endpoint": "POST /vms/v3", "fault": "commit_then_reset" }),
+    )
+    .await;
+    assert_eq!(
+        sim.call("POST", "/vms/v3", Some(bad_name.clone())).await,
+        refused
+    );
+    let result = sim
+        .request("POST", "/vms/v3", Some(&create_body(small(), 1, json!([]))))
+        .header("X-API-KEY", KEY)
+        .send()
+        .await;
+    assert!(result.is_err(), "the connection is reset");
+    assert_eq!(vm_count(&sim).await, 4);
+
+    // Nothing is left armed, and the record shows the real answers.
+    assert_eq!(sim.create(small(), 1).await.0, 201);
+    let calls = sim.state().await["calls"].clone();
+    let statuses: Vec<Value> = calls
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["method"] == "POST" && c["path"] == "/vms/v3")
+        .map(|c| c["status"].clone())
+        .collect();
+    assert_eq!(
+        statuses,
+        [422, 502, 422, 201, 422, 503, 422]
+            .into_iter()
+            .map(|s| json!(s))
+            .chain([Value::Null, json!(201)])
+            .collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]
@@ -1529,4 +2028,32 @@ async fn the_default_configuration_follows_the_wall_clock() {
         .await;
     assert_eq!(status, 200);
     assert_eq!(body, json!({ "removed_ids": [], "transactions": [] }));
+}
+
+#[tokio::test]
+async fn a_clock_advance_past_a_century_is_refused_and_the_clock_keeps_working() {
+    let sim = sim().await;
+    let id = sim.create_ok(small(), 1).await.remove(0);
+    for huge in [
+        json!(10_000_000_000_000_u64),
+        json!(9_000_000_000_000_000_000_u64),
+        json!(9e18),
+        json!(100_i64 * 366 * 24 * 3600 + 1),
+    ] {
+        let (status, body) = sim
+            .control(
+                "POST",
+                "/_sim/clock",
+                Some(json!({ "advance_seconds": huge })),
+            )
+            .await;
+        assert_eq!(status, 400, "{huge}: {body}");
+        assert!(body["error"].is_string(), "{body}");
+    }
+    let (status, clock) = sim.control("GET", "/_sim/clock", None).await;
+    assert_eq!((status, clock), (200, json!({ "now": START })));
+    assert_eq!(sim.vm(&id).await["status"], "New");
+    sim.advance(92).await;
+    assert_eq!(sim.vm(&id).await["status"], "Active");
+    sim.create_ok(small(), 1).await;
 }
