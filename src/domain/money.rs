@@ -47,6 +47,9 @@ impl Usdc {
 
     /// Parses a non-negative decimal string (`"12.5"`, `"0.3125"`, `".30697"`, `"7"`) exactly.
     /// More than six fractional digits is an error rather than a rounding.
+    ///
+    /// Only ASCII digits count: exponents, `NaN`, `inf`, digit separators and non-ASCII digits are
+    /// refused, because each is a way for an amount to mean something other than what it shows.
     pub fn parse(text: &str) -> Result<Self, MoneyError> {
         let text = text.trim();
         if text.is_empty() {
@@ -55,37 +58,36 @@ impl Usdc {
         if text.starts_with('-') {
             return Err(MoneyError::Negative);
         }
-        let text = text.strip_prefix('+').unwrap_or(text);
-        let (whole, fraction) = match text.split_once('.') {
-            Some((whole, fraction)) => (whole, fraction),
-            None => (text, ""),
+        let magnitude = parse_magnitude(text.strip_prefix('+').unwrap_or(text))?;
+        i64::try_from(magnitude)
+            .map(Usdc)
+            .map_err(|_| MoneyError::Overflow)
+    }
+
+    /// Like [`Usdc::parse`], but a leading `-` is allowed, for adjustments and differences.
+    pub fn parse_signed(text: &str) -> Result<Self, MoneyError> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(MoneyError::Empty);
+        }
+        let (negative, rest) = match text.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, text.strip_prefix('+').unwrap_or(text)),
         };
-        let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
-        if (whole.is_empty() && fraction.is_empty()) || !all_digits(whole) || !all_digits(fraction)
-        {
-            return Err(MoneyError::NotADecimal);
-        }
-        if fraction.len() > DECIMALS {
-            return Err(MoneyError::TooPrecise);
-        }
-        let mut micros: i64 = 0;
-        for digit in whole.bytes() {
-            micros = micros
-                .checked_mul(10)
-                .and_then(|m| m.checked_add(i64::from(digit - b'0')))
-                .ok_or(MoneyError::Overflow)?;
-        }
-        micros = micros
-            .checked_mul(MICROS_PER_USDC)
-            .ok_or(MoneyError::Overflow)?;
-        let mut scale = MICROS_PER_USDC / 10;
-        for digit in fraction.bytes() {
-            micros = micros
-                .checked_add(i64::from(digit - b'0') * scale)
-                .ok_or(MoneyError::Overflow)?;
-            scale /= 10;
-        }
-        Ok(Usdc(micros))
+        let magnitude = parse_magnitude(rest)?;
+        let value = if negative { -magnitude } else { magnitude };
+        i64::try_from(value)
+            .map(Usdc)
+            .map_err(|_| MoneyError::Overflow)
+    }
+
+    /// The exact total, or `None` when it does not fit. The running sum is kept wider than `i64`,
+    /// so a mix of signs whose total fits never fails on an intermediate value.
+    pub fn checked_sum<I: IntoIterator<Item = Usdc>>(amounts: I) -> Option<Usdc> {
+        let total = amounts
+            .into_iter()
+            .try_fold(0_i128, |sum, amount| sum.checked_add(i128::from(amount.0)))?;
+        i64::try_from(total).ok().map(Usdc)
     }
 
     pub fn checked_add(self, other: Usdc) -> Option<Usdc> {
@@ -116,6 +118,38 @@ impl Usdc {
     pub fn is_zero(self) -> bool {
         self.0 == 0
     }
+}
+
+/// The micro-USDC of an unsigned decimal (no sign), wider than `i64` so that the caller decides
+/// the range and `i64::MIN` stays reachable for signed amounts.
+fn parse_magnitude(text: &str) -> Result<i128, MoneyError> {
+    let (whole, fraction) = match text.split_once('.') {
+        Some((whole, fraction)) => (whole, fraction),
+        None => (text, ""),
+    };
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if (whole.is_empty() && fraction.is_empty()) || !all_digits(whole) || !all_digits(fraction) {
+        return Err(MoneyError::NotADecimal);
+    }
+    if fraction.len() > DECIMALS {
+        return Err(MoneyError::TooPrecise);
+    }
+    // The bound keeps the accumulator far from i128's limit whatever the number of digits.
+    let limit = i128::from(i64::MAX) + 1;
+    let mut micros: i128 = 0;
+    for digit in whole.bytes() {
+        micros = micros * 10 + i128::from(digit - b'0');
+        if micros > limit {
+            return Err(MoneyError::Overflow);
+        }
+    }
+    micros *= i128::from(MICROS_PER_USDC);
+    let mut scale = i128::from(MICROS_PER_USDC / 10);
+    for digit in fraction.bytes() {
+        micros += i128::from(digit - b'0') * scale;
+        scale /= 10;
+    }
+    Ok(micros)
 }
 
 impl fmt::Display for Usdc {
@@ -240,5 +274,174 @@ mod tests {
             serde_json::from_str::<Usdc>("\".30697\"").ok(),
             Some(Usdc::from_micros(306_970))
         );
+    }
+
+    #[test]
+    fn refuses_signs_separators_and_foreign_digits() {
+        for text in [
+            "+", " ", "-", "1_000", "1,000", "1 000", "1e3", "1E3", "NaN", "nan", "inf",
+            "Infinity", "0x10", "١٢", "１２", "½", "1..2", "--1", "+-1", "-+1", "+ 1",
+        ] {
+            assert!(Usdc::parse(text).is_err(), "{text:?} parsed");
+            assert!(Usdc::parse_signed(text).is_err(), "{text:?} parsed signed");
+        }
+    }
+
+    #[test]
+    fn the_largest_amount_parses_and_one_micro_more_does_not() {
+        assert_eq!(
+            Usdc::parse("9223372036854.775807"),
+            Ok(Usdc::from_micros(i64::MAX))
+        );
+        assert_eq!(
+            Usdc::parse("9223372036854.775808"),
+            Err(MoneyError::Overflow)
+        );
+        assert_eq!(
+            Usdc::parse_signed("-9223372036854.775808"),
+            Ok(Usdc::from_micros(i64::MIN))
+        );
+        assert_eq!(
+            Usdc::parse_signed("-9223372036854.775809"),
+            Err(MoneyError::Overflow)
+        );
+        assert_eq!(Usdc::parse("1.1234567"), Err(MoneyError::TooPrecise));
+        assert_eq!(Usdc::parse("1.0000000"), Err(MoneyError::TooPrecise));
+    }
+
+    #[test]
+    fn signed_parse_reads_negative_amounts() {
+        assert_eq!(
+            Usdc::parse_signed("-1.5"),
+            Ok(Usdc::from_micros(-1_500_000))
+        );
+        assert_eq!(Usdc::parse_signed("-.5"), Ok(Usdc::from_micros(-500_000)));
+        assert_eq!(Usdc::parse_signed("-0"), Ok(Usdc::ZERO));
+        assert_eq!(Usdc::parse_signed("2"), Ok(Usdc::from_micros(2_000_000)));
+        assert_eq!(Usdc::parse("-0"), Err(MoneyError::Negative));
+    }
+
+    #[test]
+    fn checked_sum_tolerates_intermediate_overflow_when_the_total_fits() {
+        let max = Usdc::from_micros(i64::MAX);
+        let minus_one = Usdc::from_micros(-1_000_000);
+        assert_eq!(
+            Usdc::checked_sum([max, Usdc::from_micros(1), Usdc::from_micros(-1)]),
+            Some(max)
+        );
+        assert_eq!(Usdc::checked_sum([max, Usdc::from_micros(1)]), None);
+        assert_eq!(Usdc::checked_sum([]), Some(Usdc::ZERO));
+        assert_eq!(
+            Usdc::checked_sum([minus_one, minus_one]),
+            Some(Usdc::from_micros(-2_000_000))
+        );
+    }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        const MAX_WHOLE: i64 = i64::MAX / MICROS_PER_USDC;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(100_000))]
+
+            #[test]
+            fn formatting_then_parsing_gives_the_amount_back(micros in 0..=i64::MAX) {
+                let amount = Usdc::from_micros(micros);
+                prop_assert_eq!(Usdc::parse(&amount.to_string()), Ok(amount));
+            }
+
+            #[test]
+            fn signed_formatting_then_parsing_gives_the_amount_back(micros in any::<i64>()) {
+                let amount = Usdc::from_micros(micros);
+                prop_assert_eq!(Usdc::parse_signed(&amount.to_string()), Ok(amount));
+            }
+
+            #[test]
+            fn formatting_has_no_trailing_zeros_and_at_most_six_decimals(micros in any::<i64>()) {
+                let text = Usdc::from_micros(micros).to_string();
+                if let Some((_, fraction)) = text.split_once('.') {
+                    prop_assert!(!fraction.is_empty() && fraction.len() <= DECIMALS);
+                    prop_assert!(!fraction.ends_with('0'));
+                }
+            }
+
+            #[test]
+            fn any_decimal_that_fits_parses_exactly(
+                whole in 0..=MAX_WHOLE,
+                fraction in 0..MICROS_PER_USDC,
+                places in 0..=DECIMALS,
+                leading_zeros in 0..3_usize,
+                omit_zero_whole in any::<bool>(),
+            ) {
+                // Write `fraction` with `places` digits, keeping only what those places can hold.
+                let unit = 10_i64.pow(u32::try_from(DECIMALS - places).unwrap_or(0));
+                let fraction = fraction / unit * unit;
+                let digits = format!("{:06}", fraction);
+                let mut text = if whole == 0 && omit_zero_whole && places > 0 {
+                    String::new()
+                } else {
+                    format!("{}{whole}", "0".repeat(leading_zeros))
+                };
+                if places > 0 {
+                    text.push('.');
+                    text.push_str(&digits[..places]);
+                }
+                let expected = i128::from(whole) * i128::from(MICROS_PER_USDC) + i128::from(fraction);
+                match i64::try_from(expected) {
+                    Ok(micros) => prop_assert_eq!(Usdc::parse(&text), Ok(Usdc::from_micros(micros))),
+                    Err(_) => prop_assert_eq!(Usdc::parse(&text), Err(MoneyError::Overflow)),
+                }
+            }
+
+            #[test]
+            fn seven_or_more_significant_decimals_are_refused(
+                whole in 0..=MAX_WHOLE,
+                fraction in 0..MICROS_PER_USDC,
+                tail in "[0-9]{0,5}[1-9]",
+            ) {
+                let text = format!("{whole}.{fraction:06}{tail}");
+                prop_assert_eq!(Usdc::parse(&text), Err(MoneyError::TooPrecise));
+                prop_assert_eq!(Usdc::parse_signed(&format!("-{text}")), Err(MoneyError::TooPrecise));
+            }
+
+            #[test]
+            fn checked_ops_agree_with_wide_arithmetic(a in any::<i64>(), b in any::<i64>()) {
+                let (x, y) = (Usdc::from_micros(a), Usdc::from_micros(b));
+                let (wa, wb) = (i128::from(a), i128::from(b));
+                let fits = |v: i128| i64::try_from(v).ok().map(Usdc::from_micros);
+                prop_assert_eq!(x.checked_add(y), fits(wa + wb));
+                prop_assert_eq!(x.checked_sub(y), fits(wa - wb));
+                prop_assert_eq!(x.checked_mul(b), fits(wa * wb));
+                prop_assert_eq!(Usdc::checked_sum([x, y]), fits(wa + wb));
+                let ratio = if b == 0 { None } else { fits(wa * wa.signum() / wb) };
+                prop_assert_eq!(x.checked_mul_ratio(a.signum(), b), ratio);
+            }
+
+            #[test]
+            fn parsing_arbitrary_text_never_panics(text in "\\PC{0,40}") {
+                let _ = Usdc::parse(&text);
+                let _ = Usdc::parse_signed(&text);
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+            #[test]
+            fn small_checked_ops_agree_with_wide_arithmetic(
+                a in -1_000_000_000_i64..1_000_000_000,
+                b in -1_000_000_000_i64..1_000_000_000,
+                n in -1_000_i64..1_000,
+                d in -1_000_i64..1_000,
+            ) {
+                let x = Usdc::from_micros(a);
+                prop_assert_eq!(x.checked_mul(n), Some(Usdc::from_micros(a * n)));
+                prop_assert_eq!(x.checked_add(Usdc::from_micros(b)), Some(Usdc::from_micros(a + b)));
+                let expected = if d == 0 { None } else { Some(Usdc::from_micros(a * n / d)) };
+                prop_assert_eq!(x.checked_mul_ratio(n, d), expected);
+            }
+        }
     }
 }
