@@ -4,3 +4,4 @@ pub mod billing;
 pub mod ids;
 pub mod money;
 pub mod period;
+pub mod quota;
