@@ -1,5 +1,6 @@
 //! Pure domain rules: no I/O, no async, no sqlx, no reqwest.
 
+pub mod admission;
 pub mod billing;
 pub mod ids;
 pub mod money;
