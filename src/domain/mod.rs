@@ -6,3 +6,4 @@ pub mod ids;
 pub mod money;
 pub mod period;
 pub mod quota;
+pub mod team;
