@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 
+use crate::admin;
 use crate::config::{LogFormat, LogSettings, Settings, Sources};
 use crate::domain::money::Usdc;
 use crate::simulator::{BillingMode, ClockMode, Simulator, SimulatorConfig};
@@ -33,6 +34,22 @@ pub enum Command {
     Serve,
     /// Run the Fluence simulator standalone, for a gateway in `fluence` mode or for tests.
     Simulator(SimulatorArgs),
+    /// Administration on the gateway's database.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Mint an admin key and print it once, as JSON, on standard output.
+    CreateKey {
+        /// What the key is for, e.g. `ops-laptop`.
+        #[arg(long)]
+        name: String,
+        /// When it stops working (RFC 3339); never by default.
+        #[arg(long, value_name = "TIME")]
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -77,6 +94,15 @@ pub async fn main(cli: Cli) -> Result<(), String> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(cli.config).await,
         Command::Simulator(args) => simulator(args).await,
+        Command::Admin(AdminCommand::CreateKey { name, expires_at }) => {
+            let loaded =
+                Settings::load(&Sources::from_process(cli.config)).map_err(|e| e.to_string())?;
+            let created = admin::create_admin_key(&loaded.settings, &name, expires_at)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("{created}");
+            Ok(())
+        }
     }
 }
 

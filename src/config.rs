@@ -27,6 +27,7 @@ const ENV_PREFIX: &str = "GATEWAY__";
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
+    pub rate_limit: RateLimitSettings,
     pub database: DatabaseSettings,
     pub upstream: UpstreamSettings,
     pub simulator: SimulatorSettings,
@@ -43,6 +44,16 @@ pub struct ServerSettings {
     pub request_timeout_secs: u64,
     pub body_limit_bytes: usize,
     pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    pub per_key_per_second: u32,
+    pub per_key_burst: u32,
+    pub failed_auth_per_minute: u32,
+    pub failed_auth_burst: u32,
+    pub prune_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -252,6 +263,26 @@ impl Settings {
                 self.server.body_limit_bytes as u64,
             ),
             ("database.busy_timeout_ms", self.database.busy_timeout_ms),
+            (
+                "rate_limit.per_key_per_second",
+                u64::from(self.rate_limit.per_key_per_second),
+            ),
+            (
+                "rate_limit.per_key_burst",
+                u64::from(self.rate_limit.per_key_burst),
+            ),
+            (
+                "rate_limit.failed_auth_per_minute",
+                u64::from(self.rate_limit.failed_auth_per_minute),
+            ),
+            (
+                "rate_limit.failed_auth_burst",
+                u64::from(self.rate_limit.failed_auth_burst),
+            ),
+            (
+                "rate_limit.prune_interval_secs",
+                self.rate_limit.prune_interval_secs,
+            ),
             (
                 "database.max_connections",
                 u64::from(self.database.max_connections),

@@ -4,9 +4,11 @@
 //! problem layer (`http::problem`) writes the body with the request id. Internal causes are
 //! logged once, here, and never sent.
 
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+
+use crate::http::limits::RetryAfter;
 
 /// The body of every error response.
 #[derive(Debug, Clone, Serialize)]
@@ -75,8 +77,25 @@ impl Problem {
 /// An error a handler returns.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// No key, or a key that is unknown, wrong, revoked or expired: one answer for all, so that
+    /// it says nothing about which keys exist.
+    #[error("unauthorized")]
+    Unauthorized,
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("rate limited")]
+    RateLimited(RetryAfter),
     #[error("not found: {0}")]
     NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The body is not JSON at all (syntax, truncation, bad UTF-8, too deep).
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    #[error("payload too large")]
+    PayloadTooLarge,
     #[error("validation failed")]
     Validation(Vec<FieldError>),
     #[error("upstream unavailable: {0}")]
@@ -91,9 +110,38 @@ impl ApiError {
         ApiError::Internal(cause.to_string())
     }
 
+    /// One field's problem, for the common case of a single bad field.
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> ApiError {
+        ApiError::Validation(vec![FieldError {
+            field: field.into(),
+            message: message.into(),
+        }])
+    }
+
     pub fn problem(&self) -> Problem {
         match self {
+            ApiError::Unauthorized => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Send a valid API key as `Authorization: Bearer <key>`.",
+            ),
+            ApiError::Forbidden(detail) => Problem::new(StatusCode::FORBIDDEN, "forbidden", detail),
+            ApiError::RateLimited(retry) => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("Too many requests; retry in {} s.", retry.seconds()),
+            ),
             ApiError::NotFound(detail) => Problem::new(StatusCode::NOT_FOUND, "not_found", detail),
+            ApiError::Conflict(detail) => Problem::new(StatusCode::CONFLICT, "conflict", detail),
+            ApiError::MalformedJson(detail) => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("The body is not valid JSON: {detail}"),
+            ),
+            ApiError::UnsupportedMediaType => {
+                Problem::for_status(StatusCode::UNSUPPORTED_MEDIA_TYPE)
+            }
+            ApiError::PayloadTooLarge => Problem::for_status(StatusCode::PAYLOAD_TOO_LARGE),
             ApiError::Validation(errors) => {
                 let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
                 let mut problem = Problem::new(
@@ -119,7 +167,30 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(cause) = &self {
             tracing::error!(%cause, "internal error");
         }
-        self.problem().into_response()
+        let mut response = self.problem().into_response();
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::RateLimited(retry) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry.seconds()));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> ApiError {
+        ApiError::internal(error)
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(error: crate::store::StoreError) -> ApiError {
+        ApiError::internal(error)
     }
 }
 

@@ -3,6 +3,8 @@
 //! Teams call the gateway instead of Fluence; it holds the one Fluence key, keeps inventory,
 //! spend and prices in SQLite, and runs every deploy through a budget-checked pipeline.
 
+pub mod admin;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod domain;

@@ -13,9 +13,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::BootstrapToken;
 use crate::config::{AuthSchemeSetting, Settings, SimBilling, SimClock, UpstreamMode};
 use crate::fluence::{AuthScheme, ClientConfig, FluenceClient};
 use crate::http;
+use crate::http::limits::{RateLimits, prune_periodically};
 use crate::simulator::{BillingMode, ClockMode, Simulator, SimulatorConfig};
 use crate::state::{AppState, UpstreamInfo};
 use crate::store::{Store, StoreError};
@@ -63,13 +65,21 @@ pub async fn run(
     })
     .map_err(|e| StartupError::Upstream(e.to_string()))?;
 
+    let limits = RateLimits::new(&settings.rate_limit);
     let state = AppState {
         store: store.clone(),
         fluence,
         upstream: Arc::new(upstream),
         settings: settings.clone(),
         started_at: Utc::now(),
+        limits: limits.clone(),
+        bootstrap: BootstrapToken::new(settings.secrets.admin_token.as_ref()),
     };
+    let pruner = tokio::spawn(prune_periodically(
+        limits,
+        Duration::from_secs(settings.rate_limit.prune_interval_secs),
+        background.clone(),
+    ));
     let app = http::router(
         state.clone(),
         http::Limits {
@@ -101,7 +111,10 @@ pub async fn run(
         trigger.cancel();
     });
     let grace = settings.shutdown_grace();
-    let server = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+    // The peer address feeds the failed-authentication limiter.
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let server =
+        axum::serve(listener, service).with_graceful_shutdown(stop.clone().cancelled_owned());
     tokio::select! {
         result = server => result.map_err(StartupError::Serve)?,
         () = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
@@ -111,6 +124,7 @@ pub async fn run(
 
     // Requests are drained; now background work, then the upstream it may still be using.
     background.cancel();
+    let _ = pruner.await;
     if let Some(task) = simulator_task {
         if tokio::time::timeout(grace, task).await.is_err() {
             tracing::warn!("built-in simulator did not stop within the grace period");

@@ -4,8 +4,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use crate::auth::BootstrapToken;
 use crate::config::{Settings, UpstreamMode};
 use crate::fluence::FluenceClient;
+use crate::http::limits::RateLimits;
 use crate::store::Store;
 
 #[derive(Clone)]
@@ -15,6 +17,8 @@ pub struct AppState {
     pub upstream: Arc<UpstreamInfo>,
     pub settings: Arc<Settings>,
     pub started_at: DateTime<Utc>,
+    pub limits: Arc<RateLimits>,
+    pub bootstrap: BootstrapToken,
 }
 
 /// What the gateway talks to, as shown in `/healthz`, `/readyz` and the start-up log.

@@ -445,3 +445,30 @@ mod tests {
         }
     }
 }
+
+/// Serde for optional amounts in the gateway's own API, where money is a decimal string and
+/// nothing else (Fluence's tolerant decoding also takes whole JSON numbers; clients of the
+/// gateway get one unambiguous form).
+pub mod decimal_string_option {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Usdc;
+
+    pub fn serialize<S: Serializer>(
+        amount: &Option<Usdc>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        amount.serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Usdc>, D::Error> {
+        match Option::<String>::deserialize(deserializer)? {
+            None => Ok(None),
+            Some(text) => Usdc::parse(&text)
+                .map(Some)
+                .map_err(|e| serde::de::Error::custom(format_args!("amount {text:?} {e}"))),
+        }
+    }
+}

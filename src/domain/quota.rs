@@ -94,7 +94,8 @@ pub struct Quotas {
     pub max_storage_gib: Option<u64>,
     #[serde(default)]
     pub max_instances_per_deployment: Option<u64>,
-    #[serde(default)]
+    /// Per VM per epoch; a decimal string, as all money in the gateway's API.
+    #[serde(default, with = "crate::domain::money::decimal_string_option")]
     pub max_price_per_epoch: Option<Usdc>,
     #[serde(default)]
     pub allowed_countries: Option<Vec<String>>,

@@ -2,12 +2,13 @@
 
 use std::time::Duration;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
 use chrono::Utc;
 use serde_json::{Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::state::AppState;
 
@@ -16,13 +17,15 @@ const UPSTREAM_FRESH: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
 /// A readiness probe of the upstream gives up after this long.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
 }
 
 /// Liveness: the process answers. Also says, unmistakably, which upstream is in use.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "alive; `upstream` says which upstream is in use")))]
 async fn healthz(State(state): State<AppState>) -> Json<Value> {
     Json(json!({
         "status": "ok",
@@ -33,6 +36,8 @@ async fn healthz(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// Readiness: the database answers and the upstream answered recently (probed if not).
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, description = "ready"), (status = 503, description = "not ready, with the failing check")))]
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let database = match state.store.ping().await {
         Ok(()) => json!({ "ok": true }),

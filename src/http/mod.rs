@@ -1,14 +1,24 @@
 //! The gateway's HTTP API: per-resource routers merged here, under one layer stack.
 
+pub mod audit;
+pub mod budget;
+pub mod docs;
+pub mod extract;
 pub mod health;
+pub mod keys;
+pub mod limits;
+pub mod page;
 pub mod problem;
+pub mod teams;
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderName, StatusCode, header};
 use axum::middleware;
+use axum::routing::get;
+use axum::{Json, Router};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -16,6 +26,9 @@ use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::Problem;
 use crate::state::AppState;
@@ -29,11 +42,66 @@ pub struct Limits {
     pub request_timeout: Duration,
 }
 
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "fluence-gateway",
+        description = "A budget-keeping gateway in front of the Fluence CPU Cloud API. \
+            Authenticate with `Authorization: Bearer <key>`; errors are RFC 9457 problem+json."
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "health", description = "Liveness and readiness"),
+        (name = "teams", description = "Teams, budgets and quotas"),
+        (name = "keys", description = "API keys of a team"),
+        (name = "audit", description = "Who changed what"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// Every documented route and the OpenAPI document generated from them, so the two cannot
+/// drift. Tests walk the document to reach every route.
+pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(health::router())
+        .merge(teams::router())
+        .merge(keys::router())
+        .merge(budget::router())
+        .merge(audit::router())
+        .split_for_parts()
+}
+
+/// The OpenAPI document of the gateway's API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().1
+}
+
 /// The whole API with its layers. Outermost first: request id, tracing, problem rendering,
 /// panic catching, timeout, body limit.
 pub fn router(state: AppState, limits: Limits) -> Router {
-    let routes = Router::new()
-        .merge(health::router())
+    let (api, document) = api();
+    let document = Arc::new(document);
+    let routes = api
+        .route(
+            "/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move { Json(document.as_ref().clone()) }
+            }),
+        )
+        .route("/docs", get(docs::page))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);

@@ -2,7 +2,12 @@
 //! keys, asserted at start-up; embedded migrations; every writing transaction begins with
 //! `BEGIN IMMEDIATE` (see [`Store::begin_write`]).
 
+pub mod audit;
+pub mod budget;
+pub mod keys;
 pub mod meta;
+pub mod teams;
+pub mod time;
 
 use std::path::Path;
 use std::str::FromStr;

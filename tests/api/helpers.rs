@@ -5,11 +5,14 @@ use std::net::SocketAddr;
 use fluence_gateway::config::{Settings, Sources};
 use fluence_gateway::simulator::{self, ClockMode, SimulatorConfig, SimulatorHandle};
 use secrecy::SecretString;
+use serde_json::Value;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub const SIM_KEY: &str = "test-fluence-key";
+/// The bootstrap admin token of every [`TestApp::spawn`] gateway.
+pub const ADMIN_TOKEN: &str = "test-bootstrap-admin-token";
 
 /// A simulator with a manual clock that accepts [`SIM_KEY`].
 pub async fn spawn_simulator() -> SimulatorHandle {
@@ -43,26 +46,31 @@ pub struct TestApp {
     // Owned so that the simulator and the database outlive the gateway that uses them.
     #[allow(dead_code)]
     pub sim: Option<SimulatorHandle>,
-    #[allow(dead_code)]
     pub db_dir: TempDir,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), fluence_gateway::startup::StartupError>>>,
 }
 
 impl TestApp {
-    /// A gateway in `fluence` mode whose upstream is a fresh simulator of this test's own.
+    /// A gateway in `fluence` mode whose upstream is a fresh simulator of this test's own,
+    /// with [`ADMIN_TOKEN`] as its bootstrap admin token.
     pub async fn spawn() -> TestApp {
+        TestApp::spawn_with_env(&[]).await
+    }
+
+    /// [`TestApp::spawn`] with more environment variables.
+    pub async fn spawn_with_env(extra: &[(&str, &str)]) -> TestApp {
         let sim = spawn_simulator().await;
         let db_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let base_url = sim.base_url();
-        let settings = settings(
-            &db_dir,
-            &[
-                ("GATEWAY__UPSTREAM__MODE", "fluence"),
-                ("GATEWAY__UPSTREAM__BASE_URL", &base_url),
-                ("FLUENCE_API_KEY", SIM_KEY),
-            ],
-        );
+        let mut env = vec![
+            ("GATEWAY__UPSTREAM__MODE", "fluence"),
+            ("GATEWAY__UPSTREAM__BASE_URL", base_url.as_str()),
+            ("FLUENCE_API_KEY", SIM_KEY),
+            ("GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN),
+        ];
+        env.extend_from_slice(extra);
+        let settings = settings(&db_dir, &env);
         TestApp::spawn_with(settings, Some(sim), db_dir).await
     }
 
@@ -102,6 +110,78 @@ impl TestApp {
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
+    /// Sends a request with an optional bearer key and JSON body; returns status, headers and
+    /// the body parsed as JSON (`Value::Null` when empty or not JSON).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut request = self.http.request(method.clone(), self.url(path));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        Reply::read(response).await
+    }
+
+    /// Creates a team with a cap (admin), or panics.
+    pub async fn create_team(&self, id: &str, cap: &str) -> Value {
+        let reply = self
+            .call(
+                reqwest::Method::POST,
+                "/v1/teams",
+                Some(ADMIN_TOKEN),
+                Some(serde_json::json!({"id": id, "name": format!("Team {id}"), "budget": {"cap": cap}})),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{}", reply.text);
+        reply.json
+    }
+
+    /// Mints a key of `role` for `team` (admin) and returns the secret.
+    pub async fn mint_key(&self, team: &str, role: &str) -> String {
+        self.mint_key_reply(team, role).await.json["key"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no key"))
+            .to_owned()
+    }
+
+    pub async fn mint_key_reply(&self, team: &str, role: &str) -> Reply {
+        let reply = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/teams/{team}/keys"),
+                Some(ADMIN_TOKEN),
+                Some(serde_json::json!({"name": format!("{role} key"), "role": role})),
+            )
+            .await;
+        assert_eq!(reply.status, 201, "{}", reply.text);
+        reply
+    }
+
+    /// The gateway's database, opened beside it (for arranging rows the API cannot create).
+    pub async fn store(&self) -> fluence_gateway::store::Store {
+        fluence_gateway::store::Store::connect(&fluence_gateway::config::DatabaseSettings {
+            url: format!(
+                "sqlite://{}",
+                self.db_dir.path().join("gateway.db").display()
+            ),
+            busy_timeout_ms: 5000,
+            max_connections: 2,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("store: {e}"))
+    }
+
     /// Stops the gateway and returns how `run` ended.
     pub async fn stop(mut self) -> Result<(), fluence_gateway::startup::StartupError> {
         if let Some(tx) = self.shutdown.take() {
@@ -111,6 +191,34 @@ impl TestApp {
             Some(task) => task.await.unwrap_or_else(|e| panic!("gateway task: {e}")),
             None => Ok(()),
         }
+    }
+}
+
+/// An answer, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+    pub json: Value,
+}
+
+impl Reply {
+    pub async fn read(response: reqwest::Response) -> Reply {
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap_or_default();
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            text,
+            json,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 }
 

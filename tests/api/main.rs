@@ -1,5 +1,7 @@
 //! The integration tests: one binary, each test with its own server, database and simulator.
 
+mod auth_matrix;
+mod bad_input;
 mod config;
 mod fixtures;
 mod fluence_client;
@@ -8,4 +10,5 @@ mod helpers;
 mod process;
 mod simulator;
 mod store;
+mod teams;
 mod upstream;

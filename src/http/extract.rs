@@ -1,0 +1,338 @@
+//! Extractors whose every rejection is a problem+json naming what is wrong: the caller
+//! ([`Principal`]), JSON bodies ([`JsonBody`]), query strings ([`Query`]), and the request id.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::de::DeserializeOwned;
+
+use crate::auth::{self, BOOTSTRAP_ACTOR, Principal, Role};
+use crate::domain::team::TeamId;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::store::keys;
+
+/// Query parameters that would carry a credential in the URL, where proxies and logs keep it.
+/// A request with one is refused even if its header holds a good key.
+const CREDENTIAL_PARAMS: [&str; 6] = [
+    "api_key",
+    "apikey",
+    "key",
+    "token",
+    "access_token",
+    "authorization",
+];
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        match authenticate(parts, state).await? {
+            Some(principal) => {
+                state
+                    .limits
+                    .check_key(&principal.actor)
+                    .map_err(ApiError::RateLimited)?;
+                Ok(principal)
+            }
+            None => {
+                // Failed attempts are limited per client address, more strictly than use.
+                state
+                    .limits
+                    .check_failed_auth(client_address(parts))
+                    .map_err(ApiError::RateLimited)?;
+                Err(ApiError::Unauthorized)
+            }
+        }
+    }
+}
+
+/// `Ok(None)` for every kind of refusal, so that all of them get the same answer.
+async fn authenticate(parts: &Parts, state: &AppState) -> Result<Option<Principal>, ApiError> {
+    if credential_in_query(parts.uri.query()) {
+        return Ok(None);
+    }
+    let Some(token) = bearer_token(&parts.headers) else {
+        return Ok(None);
+    };
+    if state.bootstrap.matches(token) {
+        return Ok(Some(Principal {
+            actor: BOOTSTRAP_ACTOR.to_owned(),
+            role: Role::Admin,
+            team: None,
+        }));
+    }
+    let Some((prefix, secret)) = auth::split_token(token) else {
+        return Ok(None);
+    };
+    let mut conn = state.store.pool().acquire().await?;
+    let record = keys::by_prefix(&mut conn, prefix).await?;
+    if !auth::secret_matches(record.as_ref(), secret) {
+        return Ok(None);
+    }
+    let Some(record) = record else {
+        return Ok(None);
+    };
+    // Revocation and expiry are read on every request, so they take effect at once.
+    if !auth::is_active(&record, chrono::Utc::now()) {
+        return Ok(None);
+    }
+    let Some(role) = Role::parse(&record.role) else {
+        return Err(ApiError::internal(format!(
+            "key {} has role {:?}",
+            record.id, record.role
+        )));
+    };
+    let team = match record.team_id.as_deref() {
+        Some(team) => Some(TeamId::parse(team).map_err(ApiError::internal)?),
+        None => None,
+    };
+    Ok(Some(Principal {
+        actor: record.id,
+        role,
+        team,
+    }))
+}
+
+/// The token of exactly one `Authorization: Bearer <token>` header, taken literally: no
+/// surrounding whitespace, no other scheme spelling, no second header.
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let token = value.to_str().ok()?.strip_prefix("Bearer ")?;
+    let clean = !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic());
+    clean.then_some(token)
+}
+
+fn credential_in_query(query: Option<&str>) -> bool {
+    query.is_some_and(|query| {
+        query.split('&').any(|pair| {
+            let name = pair.split('=').next().unwrap_or_default();
+            CREDENTIAL_PARAMS
+                .iter()
+                .any(|param| name.eq_ignore_ascii_case(param))
+        })
+    })
+}
+
+fn client_address(parts: &Parts) -> IpAddr {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.0.ip())
+}
+
+/// The request id the request-id layer assigned (or the client sent).
+#[derive(Debug, Clone, Default)]
+pub struct RequestId(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestId {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(RequestId(
+            parts
+                .headers
+                .get(super::REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        ))
+    }
+}
+
+/// A JSON body, read but not yet parsed, so that a handler can check who is asking before it
+/// says anything about the body. Refusals here: 415 without a JSON content type, 413 over the
+/// size limit (checked before any parsing).
+#[derive(Debug, Clone)]
+pub struct JsonBody(Bytes);
+
+impl JsonBody {
+    /// 400 `malformed_json` for what is not JSON; 422 `validation_failed` naming the field for
+    /// JSON of the wrong shape (wrong type, unknown, missing or duplicate field).
+    /// Every body of this API is a JSON object; serde would otherwise read a struct from a
+    /// positional array too.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        let first = self.0.iter().find(|b| !b.is_ascii_whitespace());
+        if first.is_some_and(|b| *b != b'{') {
+            return Err(ApiError::field("body", "must be a JSON object"));
+        }
+        parse_json(&self.0)
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json(request.headers()) {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        Bytes::from_request(request, state)
+            .await
+            .map(JsonBody)
+            .map_err(|rejection| match rejection.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+                _ => ApiError::MalformedJson("the body could not be read".into()),
+            })
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|essence| essence.trim().to_ascii_lowercase())
+        .is_some_and(|essence| {
+            essence == "application/json"
+                || (essence.starts_with("application/") && essence.ends_with("+json"))
+        })
+}
+
+/// Parses a whole JSON document into `T`, naming the field at fault.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        if inner.is_data() {
+            ApiError::field(field_at(&path, &inner.to_string()), inner.to_string())
+        } else {
+            ApiError::MalformedJson(inner.to_string())
+        }
+    })?;
+    deserializer
+        .end()
+        .map_err(|e| ApiError::MalformedJson(e.to_string()))?;
+    Ok(value)
+}
+
+/// The field an error is about: serde reports a missing, unknown or duplicate field at its
+/// parent's path, with the field's name in the message.
+fn field_at(path: &str, message: &str) -> String {
+    let named = ["missing field `", "unknown field `", "duplicate field `"]
+        .iter()
+        .find_map(|lead| message.strip_prefix(lead))
+        .and_then(|rest| rest.split('`').next());
+    match (path, named) {
+        (".", Some(name)) => name.to_owned(),
+        (".", None) => "body".to_owned(),
+        // An unknown field is already at its own path; a missing one at its parent's.
+        (path, Some(name)) if path == name || path.ends_with(&format!(".{name}")) => {
+            path.to_owned()
+        }
+        (parent, Some(name)) => format!("{parent}.{name}"),
+        (path, None) => path.to_owned(),
+    }
+}
+
+/// A query string. A bad one is 422 `validation_failed` naming the parameter.
+#[derive(Debug, Clone)]
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let deserializer =
+            serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer)
+            .map(Query)
+            .map_err(|error| {
+                let path = error.path().to_string();
+                let message = error.into_inner().to_string();
+                let field = match field_at(&path, &message).as_str() {
+                    "body" => "query".to_owned(),
+                    field => field.to_owned(),
+                };
+                ApiError::field(field, message)
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_one_literal_bearer_header_carries_a_token() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(bearer_token(&headers), None);
+        for bad in [
+            "bearer abc",
+            "Bearer  abc",
+            "Bearer abc ",
+            "Basic abc",
+            "Bearer ",
+            "Bearerabc",
+        ] {
+            headers.insert(
+                header::AUTHORIZATION,
+                bad.parse().unwrap_or_else(|e| panic!("{e}")),
+            );
+            assert_eq!(bearer_token(&headers), None, "{bad}");
+        }
+        headers.insert(
+            header::AUTHORIZATION,
+            "Bearer abc".parse().unwrap_or_else(|e| panic!("{e}")),
+        );
+        assert_eq!(bearer_token(&headers), Some("abc"));
+        headers.append(
+            header::AUTHORIZATION,
+            "Bearer abc".parse().unwrap_or_else(|e| panic!("{e}")),
+        );
+        assert_eq!(bearer_token(&headers), None, "two headers");
+    }
+
+    #[test]
+    fn a_credential_in_the_query_string_is_noticed() {
+        assert!(credential_in_query(Some("limit=5&api_key=x")));
+        assert!(credential_in_query(Some("TOKEN=x")));
+        assert!(!credential_in_query(Some("limit=5&cursor=abc")));
+        assert!(!credential_in_query(None));
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Inner {
+            cap: String,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct Outer {
+            budget: Inner,
+        }
+        let error = parse_json::<Outer>(br#"{"budget": {"cap": 5}}"#).err();
+        match error {
+            Some(ApiError::Validation(fields)) => assert_eq!(fields[0].field, "budget.cap"),
+            other => panic!("{other:?}"),
+        }
+        match parse_json::<Outer>(br#"{"budget": {}}"#).err() {
+            Some(ApiError::Validation(fields)) => assert_eq!(fields[0].field, "budget.cap"),
+            other => panic!("{other:?}"),
+        }
+        match parse_json::<Outer>(br#"{"budget": {"cap": "1"}, "is_admin": true}"#).err() {
+            Some(ApiError::Validation(fields)) => assert_eq!(fields[0].field, "is_admin"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            parse_json::<Outer>(b"{\"budget\": "),
+            Err(ApiError::MalformedJson(_))
+        ));
+        assert!(matches!(
+            parse_json::<Outer>(br#"{"budget": {"cap": "5"}} trailing"#),
+            Err(ApiError::MalformedJson(_))
+        ));
+    }
+}

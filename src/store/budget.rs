@@ -1,0 +1,88 @@
+//! The money a team's budget status is computed from: charges in the ledger, the live VMs
+//! that will still be charged, and the holds of deployments in flight.
+
+use chrono::{DateTime, Utc};
+use sqlx::{Row, SqliteConnection};
+
+use super::time::{from_db_opt, to_db};
+use crate::domain::money::Usdc;
+
+/// A live VM as the commitment rule needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveVmCharge {
+    pub price_per_epoch: Usdc,
+    pub next_billing_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Sum of the team's charges with `from <= at < to`.
+pub async fn spent_between(
+    conn: &mut SqliteConnection,
+    team_id: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Usdc, sqlx::Error> {
+    let micros: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(SUM(amount_micros), 0) FROM ledger WHERE team_id = ?1 AND at >= ?2 AND at < ?3",
+    )
+    .bind(team_id)
+    .bind(to_db(from))
+    .bind(to_db(to))
+    .fetch_one(conn)
+    .await?;
+    Ok(Usdc::from_micros(micros))
+}
+
+pub async fn live_vms(
+    conn: &mut SqliteConnection,
+    team_id: &str,
+) -> Result<Vec<LiveVmCharge>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT price_per_epoch_micros, next_billing_at, expires_at FROM vms \
+         WHERE team_id = ?1 AND deleted_at IS NULL",
+    )
+    .bind(team_id)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(LiveVmCharge {
+                price_per_epoch: Usdc::from_micros(row.try_get("price_per_epoch_micros")?),
+                next_billing_at: from_db_opt(row.try_get("next_billing_at")?)?,
+                expires_at: from_db_opt(row.try_get("expires_at")?)?,
+            })
+        })
+        .collect()
+}
+
+/// Sum of the team's open holds.
+pub async fn reserved(conn: &mut SqliteConnection, team_id: &str) -> Result<Usdc, sqlx::Error> {
+    let micros: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(SUM(amount_micros), 0) FROM holds WHERE team_id = ?1 AND released_at IS NULL",
+    )
+    .bind(team_id)
+    .fetch_one(conn)
+    .await?;
+    Ok(Usdc::from_micros(micros))
+}
+
+/// Thresholds already crossed in the period starting at `period_start`.
+pub async fn alerts_fired(
+    conn: &mut SqliteConnection,
+    team_id: &str,
+    period_start: DateTime<Utc>,
+) -> Result<Vec<u8>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT threshold FROM budget_alerts WHERE team_id = ?1 AND period_start = ?2 ORDER BY threshold",
+    )
+    .bind(team_id)
+    .bind(to_db(period_start))
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let threshold: i64 = row.try_get("threshold")?;
+            u8::try_from(threshold).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+        })
+        .collect()
+}

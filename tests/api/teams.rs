@@ -1,0 +1,527 @@
+//! Teams, keys, budget status and the audit trail, through the HTTP API.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::{ADMIN_TOKEN, TestApp};
+
+const ML: &str = r#"{"id":"ml","name":"ML Platform","budget":{"period":"month","cap":"500","alert_thresholds":[50,80,100]},
+"quotas":{"max_vms":20,"max_vcpus":64,"max_ram_gib":128,"max_storage_gib":2000,
+"max_instances_per_deployment":10,"max_price_per_epoch":"5","allowed_countries":["DE","FR"],
+"allowed_configurations":null}}"#;
+
+fn ml() -> Value {
+    serde_json::from_str(ML).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test]
+async fn an_admin_creates_two_teams_mints_keys_and_reads_budget_and_audit() {
+    let app = TestApp::spawn().await;
+    let created = app
+        .call(Method::POST, "/v1/teams", Some(ADMIN_TOKEN), Some(ml()))
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    assert_eq!(created.json["id"], "ml");
+    assert_eq!(created.json["budget"]["cap"], "500");
+    assert_eq!(
+        created.json["budget"]["alert_thresholds"],
+        json!([50, 80, 100])
+    );
+    assert_eq!(created.json["quotas"]["max_price_per_epoch"], "5");
+    assert_eq!(
+        created.json["quotas"]["allowed_configurations"],
+        Value::Null
+    );
+    app.create_team("ops", "100.25").await;
+
+    let member = app.mint_key_reply("ml", "member").await;
+    let key = member.json["key"].as_str().unwrap_or_default().to_owned();
+    assert!(key.starts_with(member.json["prefix"].as_str().unwrap_or("?")));
+    assert_eq!(member.json["role"], "member");
+    assert_eq!(member.json["team"], "ml");
+    let viewer = app.mint_key("ml", "viewer").await;
+
+    for team_key in [&key, &viewer] {
+        let budget = app
+            .call(Method::GET, "/v1/teams/ml/budget", Some(team_key), None)
+            .await;
+        assert_eq!(budget.status, 200, "{}", budget.text);
+        assert_eq!(budget.json["team"], "ml");
+        assert_eq!(budget.json["cap"], "500");
+        assert_eq!(budget.json["spent"], "0");
+        assert_eq!(budget.json["available"], "500");
+    }
+
+    let listed = app
+        .call(Method::GET, "/v1/teams", Some(ADMIN_TOKEN), None)
+        .await;
+    let ids: Vec<&str> = listed.json["items"]
+        .as_array()
+        .map(|items| items.iter().filter_map(|t| t["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, ["ml", "ops"]);
+    let own = app.call(Method::GET, "/v1/teams", Some(&key), None).await;
+    assert_eq!(
+        own.json["items"].as_array().map(Vec::len),
+        Some(1),
+        "a team key sees its own team only"
+    );
+
+    let audit = app
+        .call(Method::GET, "/v1/audit", Some(ADMIN_TOKEN), None)
+        .await;
+    let actions: Vec<&str> = audit.json["items"]
+        .as_array()
+        .map(|items| items.iter().filter_map(|e| e["action"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        actions,
+        ["key.create", "key.create", "team.create", "team.create"]
+    );
+    let first = &audit.json["items"][3];
+    assert_eq!(first["actor"], "bootstrap-admin");
+    assert_eq!(first["target_id"], "ml");
+    assert_eq!(first["after"]["budget"]["cap"], "500");
+    assert!(
+        !audit.text.contains(&key),
+        "the audit trail never holds a key"
+    );
+}
+
+#[tokio::test]
+async fn the_key_secret_is_shown_once_and_lists_show_only_the_prefix() {
+    let app = TestApp::spawn().await;
+    app.create_team("ml", "10").await;
+    let key = app.mint_key("ml", "member").await;
+    let listed = app
+        .call(Method::GET, "/v1/teams/ml/keys", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(listed.status, 200);
+    assert!(!listed.text.contains(&key));
+    assert_eq!(listed.json["items"][0]["status"], "active");
+    assert!(listed.json["items"][0].get("key").is_none());
+    assert!(key.len() >= 60, "a key carries at least 128 random bits");
+}
+
+#[tokio::test]
+async fn revocation_and_expiry_take_effect_on_the_next_request() {
+    let app = TestApp::spawn().await;
+    app.create_team("ml", "10").await;
+    let reply = app.mint_key_reply("ml", "member").await;
+    let key = reply.json["key"].as_str().unwrap_or_default().to_owned();
+    let key_id = reply.json["id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(
+        app.call(Method::GET, "/v1/teams/ml", Some(&key), None)
+            .await
+            .status,
+        200
+    );
+
+    let revoked = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/teams/ml/keys/{key_id}"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(revoked.status, 204);
+    let after = app
+        .call(Method::GET, "/v1/teams/ml", Some(&key), None)
+        .await;
+    assert_eq!(after.status, 401);
+    assert_eq!(after.header("www-authenticate"), Some("Bearer"));
+    let listed = app
+        .call(Method::GET, "/v1/teams/ml/keys", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(listed.json["items"][0]["status"], "revoked");
+
+    // An expired key: arranged in the database, since the API only accepts future expiries.
+    let store = app.store().await;
+    let minted = fluence_gateway::auth::mint().unwrap_or_else(|e| panic!("{e}"));
+    let now = chrono::Utc::now();
+    let mut conn = store.begin_write().await.unwrap_or_else(|e| panic!("{e}"));
+    fluence_gateway::store::keys::insert(
+        &mut conn,
+        &fluence_gateway::store::keys::KeyRecord {
+            id: "key_expired".into(),
+            prefix: minted.prefix.clone(),
+            secret_sha256: minted.secret_sha256.clone(),
+            name: "old".into(),
+            role: "member".into(),
+            team_id: Some("ml".into()),
+            created_at: now - chrono::TimeDelta::days(2),
+            expires_at: Some(now - chrono::TimeDelta::seconds(1)),
+            revoked_at: None,
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    conn.commit().await.unwrap_or_else(|e| panic!("{e}"));
+    use secrecy::ExposeSecret;
+    let expired = app
+        .call(
+            Method::GET,
+            "/v1/teams/ml",
+            Some(minted.token.expose_secret()),
+            None,
+        )
+        .await;
+    assert_eq!(expired.status, 401);
+    assert_eq!(expired.json["code"], "unauthorized");
+}
+
+#[tokio::test]
+async fn every_bad_field_of_a_team_is_named_at_once() {
+    let app = TestApp::spawn().await;
+    let reply = app
+        .call(
+            Method::POST,
+            "/v1/teams",
+            Some(ADMIN_TOKEN),
+            Some(json!({
+                "id": "Not A Slug",
+                "name": "",
+                "budget": {"period": "week", "cap": "1.0000001", "alert_thresholds": [101]},
+                "quotas": {"max_vms": -1}
+            })),
+        )
+        .await;
+    assert_eq!(reply.status, 422, "{}", reply.text);
+    assert_eq!(reply.json["code"], "validation_failed");
+    let fields: Vec<&str> = reply.json["errors"]
+        .as_array()
+        .map(|e| e.iter().filter_map(|f| f["field"].as_str()).collect())
+        .unwrap_or_default();
+    for field in [
+        "id",
+        "name",
+        "budget.period",
+        "budget.cap",
+        "budget.alert_thresholds",
+        "quotas.max_vms",
+    ] {
+        assert!(fields.contains(&field), "{field} missing in {fields:?}");
+    }
+    let none = app
+        .call(Method::GET, "/v1/teams", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(none.json["items"], json!([]), "nothing was stored");
+}
+
+#[tokio::test]
+async fn a_team_id_is_never_reused_and_a_duplicate_is_a_conflict() {
+    let app = TestApp::spawn().await;
+    app.create_team("ml", "10").await;
+    let again = app
+        .call(
+            Method::POST,
+            "/v1/teams",
+            Some(ADMIN_TOKEN),
+            Some(json!({"id": "ml", "name": "x", "budget": {"cap": "1"}})),
+        )
+        .await;
+    assert_eq!(again.status, 409);
+    assert_eq!(again.json["code"], "conflict");
+    let deleted = app
+        .call(Method::DELETE, "/v1/teams/ml", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(deleted.status, 204);
+    let gone = app
+        .call(Method::GET, "/v1/teams/ml", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(gone.status, 404);
+    let reused = app
+        .call(
+            Method::POST,
+            "/v1/teams",
+            Some(ADMIN_TOKEN),
+            Some(json!({"id": "ml", "name": "x", "budget": {"cap": "1"}})),
+        )
+        .await;
+    assert_eq!(reused.status, 409);
+}
+
+#[tokio::test]
+async fn patch_changes_only_what_it_names_and_is_audited_with_before_and_after() {
+    let app = TestApp::spawn().await;
+    app.call(Method::POST, "/v1/teams", Some(ADMIN_TOKEN), Some(ml()))
+        .await;
+    let patched = app
+        .call(
+            Method::PATCH,
+            "/v1/teams/ml",
+            Some(ADMIN_TOKEN),
+            Some(json!({"budget": {"cap": "750.5"}, "quotas": {"max_vms": 5, "allowed_countries": null}})),
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.text);
+    assert_eq!(patched.json["budget"]["cap"], "750.5");
+    assert_eq!(
+        patched.json["budget"]["alert_thresholds"],
+        json!([50, 80, 100])
+    );
+    assert_eq!(patched.json["quotas"]["max_vms"], 5);
+    assert_eq!(
+        patched.json["quotas"]["max_vcpus"], 64,
+        "untouched quotas stay"
+    );
+    assert_eq!(patched.json["quotas"]["allowed_countries"], Value::Null);
+    assert_eq!(patched.json["name"], "ML Platform");
+
+    let audit = app
+        .call(
+            Method::GET,
+            "/v1/audit?action=team.update&team=ml",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    let entry = &audit.json["items"][0];
+    assert_eq!(entry["before"]["budget"]["cap"], "500");
+    assert_eq!(entry["after"]["budget"]["cap"], "750.5");
+    assert_eq!(entry["before"]["quotas"]["max_vms"], 20);
+    assert_eq!(entry["after"]["quotas"]["max_vms"], 5);
+    assert!(entry["request_id"].is_string());
+
+    let unknown_quota = app
+        .call(
+            Method::PATCH,
+            "/v1/teams/ml",
+            Some(ADMIN_TOKEN),
+            Some(json!({"quotas": {"max_gpus": 1}})),
+        )
+        .await;
+    assert_eq!(unknown_quota.status, 422);
+    assert_eq!(unknown_quota.json["errors"][0]["field"], "quotas.max_gpus");
+}
+
+#[tokio::test]
+async fn a_team_with_live_vms_or_deployments_in_flight_cannot_be_deleted() {
+    let app = TestApp::spawn().await;
+    app.create_team("ml", "100").await;
+    let store = app.store().await;
+    sqlx::query(
+        "INSERT INTO holds (id, team_id, amount_micros, created_at) VALUES ('dep_1', 'ml', 5000000, '2026-01-01T00:00:00.000000Z')",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let refused = app
+        .call(Method::DELETE, "/v1/teams/ml", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(refused.status, 409, "{}", refused.text);
+    assert_eq!(refused.json["code"], "conflict");
+
+    sqlx::query("UPDATE holds SET released_at = '2026-01-01T00:00:01.000000Z'")
+        .execute(store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let deleted = app
+        .call(Method::DELETE, "/v1/teams/ml", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(deleted.status, 204);
+}
+
+#[tokio::test]
+async fn budget_status_adds_up_the_ledger_live_vms_and_holds() {
+    let app = TestApp::spawn().await;
+    app.create_team("ml", "500").await;
+    let now = chrono::Utc::now();
+    let at = |t: chrono::DateTime<chrono::Utc>| fluence_gateway::store::time::to_db(t);
+    let store = app.store().await;
+    // One live VM at 0.3125 per epoch billed next in 1 hour; one deleted VM; 2 charges this
+    // period and one from long ago; one open hold and one released.
+    let statements = [
+        format!(
+            "INSERT INTO vms (id, fluence_id, team_id, name, status, price_per_epoch_micros, created_at, next_billing_at) \
+             VALUES ('0xa', '0xA', 'ml', 'web', 'Active', 312500, '{}', '{}')",
+            at(now),
+            at(now + chrono::TimeDelta::hours(1))
+        ),
+        format!(
+            "INSERT INTO vms (id, fluence_id, team_id, name, status, price_per_epoch_micros, created_at, deleted_at) \
+             VALUES ('0xb', '0xB', 'ml', 'old', 'Deleted', 1000000, '{}', '{}')",
+            at(now),
+            at(now)
+        ),
+        format!(
+            "INSERT INTO ledger (vm_id, team_id, amount_micros, at) VALUES ('0xa', 'ml', 312500, '{}')",
+            at(now)
+        ),
+        format!(
+            "INSERT INTO ledger (vm_id, team_id, amount_micros, at) VALUES ('0xb', 'ml', 1000000, '{}')",
+            at(now)
+        ),
+        "INSERT INTO ledger (vm_id, team_id, amount_micros, at) VALUES ('0xb', 'ml', 7000000, '2020-01-01T00:00:00.000000Z')".to_owned(),
+        format!(
+            "INSERT INTO holds (id, team_id, amount_micros, created_at) VALUES ('dep_a', 'ml', 2500000, '{}')",
+            at(now)
+        ),
+        format!(
+            "INSERT INTO holds (id, team_id, amount_micros, created_at, released_at) VALUES ('dep_b', 'ml', 9000000, '{}', '{}')",
+            at(now),
+            at(now)
+        ),
+    ];
+    for statement in &statements {
+        sqlx::query(statement)
+            .execute(store.pool())
+            .await
+            .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+
+    let status = app
+        .call(Method::GET, "/v1/teams/ml/budget", Some(ADMIN_TOKEN), None)
+        .await
+        .json;
+    let resets_at =
+        chrono::DateTime::parse_from_rfc3339(status["resets_at"].as_str().unwrap_or(""))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_timezone(&chrono::Utc);
+    let period_start =
+        chrono::DateTime::parse_from_rfc3339(status["period_start"].as_str().unwrap_or(""))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_timezone(&chrono::Utc);
+    assert!(period_start <= now && now < resets_at, "{status}");
+    // Billing instants now+1h, now+25h, ... strictly before the reset.
+    let mut instants = 0i64;
+    let mut instant = now + chrono::TimeDelta::hours(1);
+    while instant < resets_at {
+        instants += 1;
+        instant += chrono::TimeDelta::hours(24);
+    }
+    let committed = 312_500 * instants;
+    let micros = |field: &str| {
+        fluence_gateway::domain::money::Usdc::parse_signed(status[field].as_str().unwrap_or("x"))
+            .map(|u| u.micros())
+            .unwrap_or_else(|e| panic!("{field}: {e} in {status}"))
+    };
+    assert_eq!(micros("spent"), 1_312_500);
+    assert_eq!(micros("reserved"), 2_500_000);
+    assert_eq!(micros("committed"), committed);
+    assert_eq!(
+        micros("available"),
+        500_000_000 - 1_312_500 - committed - 2_500_000
+    );
+    assert_eq!(status["period"], "month");
+    assert_eq!(status["alerts_fired"], json!([]));
+}
+
+#[tokio::test]
+async fn the_audit_trail_filters_and_pages() {
+    let app = TestApp::spawn().await;
+    for id in ["aa", "bb", "cc"] {
+        app.create_team(id, "1").await;
+    }
+    let first = app
+        .call(Method::GET, "/v1/audit?limit=2", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(first.json["items"].as_array().map(Vec::len), Some(2));
+    let cursor = first.json["next_cursor"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!cursor.is_empty());
+    let second = app
+        .call(
+            Method::GET,
+            &format!("/v1/audit?limit=2&cursor={cursor}"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(second.json["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(second.json["items"][0]["target_id"], "aa");
+    assert_eq!(second.json["next_cursor"], Value::Null);
+
+    let only_bb = app
+        .call(Method::GET, "/v1/audit?team=bb", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(only_bb.json["items"].as_array().map(Vec::len), Some(1));
+    let bad = app
+        .call(Method::GET, "/v1/audit?limit=0", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(bad.status, 422);
+    assert_eq!(bad.json["errors"][0]["field"], "limit");
+    let bad_time = app
+        .call(
+            Method::GET,
+            "/v1/audit?from=yesterday",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(bad_time.status, 422);
+    assert_eq!(bad_time.json["errors"][0]["field"], "from");
+}
+
+#[tokio::test]
+async fn openapi_and_docs_describe_the_routes() {
+    let app = TestApp::spawn().await;
+    let document = app.call(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(document.status, 200);
+    for path in [
+        "/v1/teams",
+        "/v1/teams/{team}",
+        "/v1/teams/{team}/keys",
+        "/v1/teams/{team}/budget",
+        "/v1/audit",
+    ] {
+        assert!(document.json["paths"][path].is_object(), "{path} missing");
+    }
+    assert!(document.json["components"]["securitySchemes"]["bearer"].is_object());
+    let docs = app.get("/docs").await;
+    assert_eq!(docs.status(), 200);
+    let html = docs.text().await.unwrap_or_default();
+    assert!(html.contains("/openapi.json"));
+}
+
+#[tokio::test]
+async fn a_key_over_its_rate_gets_429_with_retry_after() {
+    let app = TestApp::spawn_with_env(&[
+        ("GATEWAY__RATE_LIMIT__PER_KEY_PER_SECOND", "1"),
+        ("GATEWAY__RATE_LIMIT__PER_KEY_BURST", "3"),
+    ])
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let reply = app
+            .call(Method::GET, "/v1/teams", Some(ADMIN_TOKEN), None)
+            .await;
+        if reply.status == 429 {
+            assert_eq!(reply.json["code"], "rate_limited");
+            let retry = reply
+                .header("retry-after")
+                .and_then(|v| v.parse::<u64>().ok());
+            assert!(retry.is_some_and(|s| s >= 1), "{:?}", reply.headers);
+        }
+        statuses.push(reply.status);
+    }
+    assert_eq!(&statuses[..3], &[200, 200, 200], "{statuses:?}");
+    assert!(statuses[3..].contains(&429), "{statuses:?}");
+}
+
+#[tokio::test]
+async fn failed_authentication_is_limited_more_strictly_per_address() {
+    let app = TestApp::spawn_with_env(&[
+        ("GATEWAY__RATE_LIMIT__FAILED_AUTH_PER_MINUTE", "1"),
+        ("GATEWAY__RATE_LIMIT__FAILED_AUTH_BURST", "3"),
+    ])
+    .await;
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        let bad = format!("fgw_{:016x}_{}", i, "A".repeat(43));
+        statuses.push(
+            app.call(Method::GET, "/v1/teams", Some(&bad), None)
+                .await
+                .status,
+        );
+    }
+    assert_eq!(statuses, [401, 401, 401, 429, 429]);
+    // Good keys are not held back by the failed ones' limiter.
+    let ok = app
+        .call(Method::GET, "/v1/teams", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(ok.status, 200);
+}
