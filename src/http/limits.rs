@@ -86,3 +86,58 @@ pub async fn prune_periodically(limits: Arc<RateLimits>, every: Duration, stop: 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(per_second: u32, burst: u32) -> Arc<RateLimits> {
+        RateLimits::new(&RateLimitSettings {
+            per_key_per_second: per_second,
+            per_key_burst: burst,
+            failed_auth_per_minute: 1,
+            failed_auth_burst: 2,
+            prune_interval_secs: 60,
+        })
+    }
+
+    #[test]
+    fn a_key_over_its_burst_is_told_when_to_retry() {
+        let limits = limits(1, 2);
+        assert!(limits.check_key("a").is_ok());
+        assert!(limits.check_key("a").is_ok());
+        let refused = limits.check_key("a");
+        assert!(refused.is_err_and(|retry| retry.seconds() >= 1));
+        assert!(
+            limits.check_key("b").is_ok(),
+            "keys have buckets of their own"
+        );
+    }
+
+    #[test]
+    fn failed_authentication_is_counted_per_address() {
+        let limits = limits(1, 1);
+        let address = IpAddr::from([10, 0, 0, 1]);
+        assert!(limits.check_failed_auth(address).is_ok());
+        assert!(limits.check_failed_auth(address).is_ok());
+        assert!(limits.check_failed_auth(address).is_err());
+        assert!(
+            limits
+                .check_failed_auth(IpAddr::from([10, 0, 0, 2]))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn pruning_forgets_keys_whose_buckets_have_refilled() {
+        // 1000 per second: a spent token is back within a millisecond.
+        let limits = limits(1000, 1);
+        for i in 0..500 {
+            assert!(limits.check_key(&format!("key-{i}")).is_ok());
+        }
+        assert!(limits.tracked() >= 500);
+        std::thread::sleep(Duration::from_millis(20));
+        limits.prune();
+        assert_eq!(limits.tracked(), 0);
+    }
+}

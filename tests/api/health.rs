@@ -177,3 +177,28 @@ async fn a_database_made_for_the_simulator_is_refused_for_real_fluence() {
     let message = outcome.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(message.contains("upstream mode `simulator`"), "{message}");
 }
+
+#[tokio::test]
+async fn a_request_over_the_timeout_is_a_408_problem() {
+    let app = TestApp::spawn_with_env(&[("GATEWAY__SERVER__REQUEST_TIMEOUT_SECS", "1")]).await;
+    let sim = app.sim.as_ref().unwrap_or_else(|| panic!("no simulator"));
+    // /readyz probes the upstream; the probe is made slower than the request timeout.
+    let armed = reqwest::Client::new()
+        .post(format!("{}/_sim/faults", sim.base_url()))
+        .json(&serde_json::json!({"endpoint": "GET /marketplace/countries", "fault": "delay", "delay_ms": 2500}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(armed.status().is_success());
+    let response = app.get("/readyz").await;
+    assert_eq!(response.status(), 408);
+    assert_eq!(
+        response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("application/problem+json")
+    );
+    let body: Value = response.json().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(body["code"], "request_timeout");
+}

@@ -44,7 +44,6 @@ pub struct TestApp {
     pub address: SocketAddr,
     pub http: reqwest::Client,
     // Owned so that the simulator and the database outlive the gateway that uses them.
-    #[allow(dead_code)]
     pub sim: Option<SimulatorHandle>,
     pub db_dir: TempDir,
     shutdown: Option<oneshot::Sender<()>>,
