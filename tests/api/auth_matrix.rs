@@ -174,6 +174,11 @@ async fn every_secured_route_refuses_every_bad_credential_and_every_foreign_team
                 path.clone(),
             ),
             (
+                "expired key",
+                vec![("authorization", bearer(&expired))],
+                path.clone(),
+            ),
+            (
                 "key in the query",
                 vec![],
                 with_query(&path, &format!("api_key={ADMIN_TOKEN}")),
