@@ -46,6 +46,10 @@ CREATE TABLE audit_log (
     request_id  TEXT
 ) STRICT;
 CREATE INDEX audit_log_team ON audit_log (team_id, id);
+CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
 CREATE INDEX audit_log_target ON audit_log (target_type, target_id, id);
 
 -- The VM inventory, as the inventory sync sees Fluence; `team_id` NULL marks a VM created
@@ -76,6 +80,10 @@ CREATE TABLE ledger (
     at            TEXT NOT NULL
 ) STRICT;
 CREATE INDEX ledger_team_at ON ledger (team_id, at);
+CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger
+BEGIN SELECT RAISE(ABORT, 'ledger is append-only'); END;
+CREATE TRIGGER ledger_no_delete BEFORE DELETE ON ledger
+BEGIN SELECT RAISE(ABORT, 'ledger is append-only'); END;
 
 -- Money reserved for a deployment admitted but not yet settled into live VMs.
 CREATE TABLE holds (

@@ -4,11 +4,12 @@ use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 use serde_json::json;
 
-use crate::auth::{self, Role};
+use crate::auth::Role;
 use crate::config::Settings;
+use crate::domain::team::validate_name;
+use crate::http::keys::KeyView;
 use crate::store::audit::{self, NewAuditEntry};
 use crate::store::keys::{self, KeyRecord};
-use crate::store::time::new_id;
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,12 +29,7 @@ pub async fn create_admin_key(
     name: &str,
     expires_at: Option<DateTime<Utc>>,
 ) -> Result<String, AdminError> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(AdminError::Invalid(
-            "--name must be 1-100 characters with no control characters".into(),
-        ));
-    }
+    let name = validate_name(name).map_err(|e| AdminError::Invalid(format!("--name {e}")))?;
     let now = crate::store::time::now();
     if expires_at.is_some_and(|at| at <= now) {
         return Err(AdminError::Invalid(
@@ -41,18 +37,8 @@ pub async fn create_admin_key(
         ));
     }
     let store = Store::connect(&settings.database).await?;
-    let minted = auth::mint().map_err(|e| AdminError::Invalid(format!("randomness: {e}")))?;
-    let record = KeyRecord {
-        id: new_id("key"),
-        prefix: minted.prefix,
-        secret_sha256: minted.secret_sha256,
-        name: name.to_owned(),
-        role: Role::Admin.as_str().to_owned(),
-        team_id: None,
-        created_at: now,
-        expires_at,
-        revoked_at: None,
-    };
+    let (record, token) = KeyRecord::mint(name, Role::Admin, None, now, expires_at)
+        .map_err(|e| AdminError::Invalid(format!("randomness: {e}")))?;
     let mut tx = store.begin_write().await?;
     keys::insert(&mut tx, &record).await?;
     audit::record(
@@ -65,10 +51,7 @@ pub async fn create_admin_key(
             target_id: &record.id,
             team_id: None,
             before: None,
-            after: Some(json!({
-                "id": record.id, "name": record.name, "role": record.role,
-                "prefix": record.prefix, "expires_at": record.expires_at,
-            })),
+            after: Some(record.summary()),
             request_id: None,
         },
         now,
@@ -76,15 +59,8 @@ pub async fn create_admin_key(
     .await?;
     tx.commit().await?;
     store.close().await;
-    Ok(json!({
-        "id": record.id,
-        "name": record.name,
-        "role": record.role,
-        "team": null,
-        "prefix": record.prefix,
-        "expires_at": record.expires_at,
-        "created_at": record.created_at,
-        "key": minted.token.expose_secret(),
-    })
-    .to_string())
+    let mut printed = serde_json::to_value(KeyView::of(record))
+        .map_err(|e| AdminError::Invalid(e.to_string()))?;
+    printed["key"] = json!(token.expose_secret());
+    Ok(printed.to_string())
 }

@@ -200,7 +200,7 @@ mod tests {
             prefix: minted.prefix.clone(),
             secret_sha256: minted.secret_sha256.clone(),
             name: "n".into(),
-            role: "member".into(),
+            role: Role::Member,
             team_id: Some("ml".into()),
             created_at: Utc::now(),
             expires_at: None,

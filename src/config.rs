@@ -234,6 +234,9 @@ impl Settings {
             fluence_api_key: secret(&env, "FLUENCE_API_KEY")?,
             admin_token: secret(&env, "GATEWAY_ADMIN_TOKEN")?,
         };
+        if let Some(token) = &settings.secrets.admin_token {
+            check_admin_token(token)?;
+        }
         settings.validate()?;
         Ok(Loaded { settings, warnings })
     }
@@ -362,6 +365,22 @@ fn secret(env: &BTreeMap<&str, &str>, name: &str) -> Result<Option<SecretString>
         return Err(ConfigError::Invalid(format!("{name} is empty")));
     }
     Ok(Some(SecretString::from(value)))
+}
+
+/// The bootstrap token opens everything, so it must be hard to guess, and usable as a bearer
+/// token (visible ASCII, no spaces).
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
+
+fn check_admin_token(token: &SecretString) -> Result<(), ConfigError> {
+    use secrecy::ExposeSecret;
+    let token = token.expose_secret();
+    if token.len() < MIN_ADMIN_TOKEN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::Invalid(format!(
+            "GATEWAY_ADMIN_TOKEN must be at least {MIN_ADMIN_TOKEN_LEN} visible ASCII characters \
+             without spaces (e.g. `openssl rand -hex 32`)"
+        )));
+    }
+    Ok(())
 }
 
 /// Every `section.key` of the defaults: the only names the environment may set.

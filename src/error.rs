@@ -74,6 +74,32 @@ impl Problem {
     }
 }
 
+/// Collects every field problem of a request, so that one answer names them all.
+#[derive(Debug, Default)]
+pub struct FieldErrors(Vec<FieldError>);
+
+impl FieldErrors {
+    pub fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `Ok` when nothing was added, else `validation_failed` with every field.
+    pub fn finish(self) -> Result<(), ApiError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::Validation(self.0))
+        }
+    }
+}
+
 /// An error a handler returns.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -100,6 +126,10 @@ pub enum ApiError {
     Validation(Vec<FieldError>),
     #[error("upstream unavailable: {0}")]
     UpstreamUnavailable(String),
+    /// The database cannot answer now (locked past the busy timeout, full, I/O error): the
+    /// request is refused whole, and may be retried.
+    #[error("service unavailable: {0}")]
+    Unavailable(String),
     /// Something the client cannot fix; the cause is logged, never returned.
     #[error("internal error: {0}")]
     Internal(String),
@@ -157,6 +187,11 @@ impl ApiError {
                 "upstream_unavailable",
                 detail,
             ),
+            ApiError::Unavailable(_) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                "The gateway cannot reach its database right now; nothing was changed. Retry later.",
+            ),
             ApiError::Internal(_) => Problem::for_status(StatusCode::INTERNAL_SERVER_ERROR),
         }
     }
@@ -164,8 +199,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Internal(cause) = &self {
-            tracing::error!(%cause, "internal error");
+        match &self {
+            ApiError::Internal(cause) => tracing::error!(%cause, "internal error"),
+            ApiError::Unavailable(cause) => tracing::warn!(%cause, "database unavailable"),
+            _ => {}
         }
         let mut response = self.problem().into_response();
         let headers = response.headers_mut();
@@ -183,14 +220,32 @@ impl IntoResponse for ApiError {
 }
 
 impl From<sqlx::Error> for ApiError {
+    /// A database that is busy, full or failing is a 503 (fail closed, retry later); anything
+    /// else is a bug, a 500.
     fn from(error: sqlx::Error) -> ApiError {
-        ApiError::internal(error)
+        let unavailable = match &error {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+            sqlx::Error::Database(db) => db
+                .code()
+                .and_then(|code| code.parse::<i64>().ok())
+                // Primary result codes: BUSY, LOCKED, IOERR, FULL, CANTOPEN.
+                .is_some_and(|code| matches!(code & 0xff, 5 | 6 | 10 | 13 | 14)),
+            _ => false,
+        };
+        if unavailable {
+            ApiError::Unavailable(error.to_string())
+        } else {
+            ApiError::internal(error)
+        }
     }
 }
 
 impl From<crate::store::StoreError> for ApiError {
     fn from(error: crate::store::StoreError) -> ApiError {
-        ApiError::internal(error)
+        match error {
+            crate::store::StoreError::Sqlx(error) => error.into(),
+            other => ApiError::internal(other),
+        }
     }
 }
 

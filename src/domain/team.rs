@@ -208,3 +208,48 @@ mod tests {
         }
     }
 }
+
+/// The longest name a team or key may have, in characters.
+pub const MAX_NAME_CHARS: usize = 100;
+
+/// A display name (of a team or a key), trimmed: 1 to 100 characters, no control characters and
+/// none of the invisible format characters (bidirectional overrides, zero-width marks) that
+/// make one name look like another in a listing or the audit trail.
+pub fn validate_name(name: &str) -> Result<String, String> {
+    let trimmed = name.trim();
+    let invisible = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+    };
+    let length = trimmed.chars().count();
+    if length == 0 || length > MAX_NAME_CHARS || trimmed.chars().any(invisible) {
+        return Err(format!(
+            "must be 1-{MAX_NAME_CHARS} characters, without control or invisible formatting characters"
+        ));
+    }
+    Ok(trimmed.to_owned())
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    #[test]
+    fn names_are_trimmed_and_spoofing_characters_refused() {
+        assert_eq!(
+            validate_name("  ML Platform ").as_deref(),
+            Ok("ML Platform")
+        );
+        assert_eq!(validate_name("Équipe ☃").as_deref(), Ok("Équipe ☃"));
+        for bad in [
+            "",
+            "   ",
+            "a\u{0}b",
+            "admin\u{202E}nimda",
+            "zero\u{200B}width",
+            &"n".repeat(101),
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -8,10 +8,8 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::Query;
+use super::extract::{AdminPrincipal, Query};
 use super::page::{List, Page};
-use super::teams::require_admin;
-use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::audit::{self, AuditEntry, AuditFilter};
@@ -80,10 +78,9 @@ impl From<AuditEntry> for AuditView {
     responses((status = 200, body = inline(List<AuditView>))), security(("bearer" = [])))]
 async fn list_audit(
     State(state): State<AppState>,
-    principal: Principal,
+    AdminPrincipal(_admin): AdminPrincipal,
     Query(params): Query<AuditParams>,
 ) -> Result<axum::Json<List<AuditView>>, ApiError> {
-    require_admin(&principal)?;
     let page = Page::parse(params.limit, params.cursor.as_deref())?;
     let filter = AuditFilter {
         team_id: params.team,

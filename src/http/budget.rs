@@ -98,7 +98,11 @@ async fn get_budget(
     principal: Principal,
     Path(team_id): Path<String>,
 ) -> Result<axum::Json<BudgetStatus>, ApiError> {
-    let mut conn = state.store.pool().acquire().await?;
-    let team = visible_team(&mut conn, &principal, &team_id).await?;
-    Ok(axum::Json(status_of(&mut conn, &team, Utc::now()).await?))
+    // One read transaction: in WAL mode it sees one snapshot, so a settlement committing
+    // meanwhile is counted either before or after, never twice or not at all.
+    let mut snapshot = state.store.pool().begin().await?;
+    let team = visible_team(&mut snapshot, &principal, &team_id).await?;
+    let status = status_of(&mut snapshot, &team, crate::store::time::now()).await?;
+    snapshot.rollback().await?;
+    Ok(axum::Json(status))
 }

@@ -7,6 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::auth::{self, BOOTSTRAP_ACTOR, Principal, Role};
@@ -30,6 +31,12 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let address = client_address(parts);
+        // Checked before any credential is evaluated: a blocked address learns nothing.
+        state
+            .limits
+            .check_blocked(address)
+            .map_err(ApiError::RateLimited)?;
         match authenticate(parts, state).await? {
             Some(principal) => {
                 state
@@ -42,10 +49,27 @@ impl FromRequestParts<AppState> for Principal {
                 // Failed attempts are limited per client address, more strictly than use.
                 state
                     .limits
-                    .check_failed_auth(client_address(parts))
+                    .check_failed_auth(address)
                     .map_err(ApiError::RateLimited)?;
                 Err(ApiError::Unauthorized)
             }
+        }
+    }
+}
+
+/// An authenticated admin: team keys get 403 before anything else of the request is read.
+#[derive(Debug, Clone)]
+pub struct AdminPrincipal(pub Principal);
+
+impl FromRequestParts<AppState> for AdminPrincipal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        if principal.is_admin() {
+            Ok(AdminPrincipal(principal))
+        } else {
+            Err(ApiError::Forbidden("This needs an admin key.".into()))
         }
     }
 }
@@ -80,12 +104,7 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Option<Principa
     if !auth::is_active(&record, chrono::Utc::now()) {
         return Ok(None);
     }
-    let Some(role) = Role::parse(&record.role) else {
-        return Err(ApiError::internal(format!(
-            "key {} has role {:?}",
-            record.id, record.role
-        )));
-    };
+    let role = record.role;
     let team = match record.team_id.as_deref() {
         Some(team) => Some(TeamId::parse(team).map_err(ApiError::internal)?),
         None => None,
@@ -110,13 +129,14 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     clean.then_some(token)
 }
 
+/// A credential-like parameter name (after percent-decoding), or any value shaped like a key.
 fn credential_in_query(query: Option<&str>) -> bool {
     query.is_some_and(|query| {
-        query.split('&').any(|pair| {
-            let name = pair.split('=').next().unwrap_or_default();
+        form_urlencoded::parse(query.as_bytes()).any(|(name, value)| {
             CREDENTIAL_PARAMS
                 .iter()
                 .any(|param| name.eq_ignore_ascii_case(param))
+                || auth::split_token(&value).is_some()
         })
     })
 }
@@ -232,6 +252,57 @@ fn field_at(path: &str, message: &str) -> String {
     }
 }
 
+/// For an optional object field: `null` and absence are `None`, an object is decoded, and
+/// anything else (serde would read a struct from a positional array) is refused.
+pub fn nullable_object<'de, T, D>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    struct Visitor<T>(std::marker::PhantomData<T>);
+
+    impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for Visitor<T> {
+        type Value = Option<T>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object or null")
+        }
+
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+
+        fn visit_none<E: serde::de::Error>(self) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Option<T>, A::Error> {
+            T::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+
+    deserializer.deserialize_any(Visitor(std::marker::PhantomData))
+}
+
+/// For a PATCH field: absent is `None` (with `#[serde(default)]`), `null` is `Some(None)`, a
+/// value is `Some(Some(value))`, so "leave it" and "clear it" stay distinct.
+pub fn patch_field<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// [`patch_field`] for an object: `null` clears it, a positional array is refused.
+pub fn patch_object<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    nullable_object(deserializer).map(Some)
+}
+
 /// A query string. A bad one is 422 `validation_failed` naming the parameter.
 #[derive(Debug, Clone)]
 pub struct Query<T>(pub T);
@@ -295,6 +366,10 @@ mod tests {
     fn a_credential_in_the_query_string_is_noticed() {
         assert!(credential_in_query(Some("limit=5&api_key=x")));
         assert!(credential_in_query(Some("TOKEN=x")));
+        assert!(credential_in_query(Some("api%5Fkey=x")));
+        assert!(credential_in_query(Some("%74oken=x")));
+        let key = format!("fgw_0123456789abcdef_{}", "a".repeat(43));
+        assert!(credential_in_query(Some(&format!("q={key}"))));
         assert!(!credential_in_query(Some("limit=5&cursor=abc")));
         assert!(!credential_in_query(None));
     }

@@ -1,33 +1,35 @@
-//! `/v1/teams/{team}/keys`: a team's API keys. The secret appears once, in the answer to its
+//! API keys: a team's member and viewer keys under `/v1/teams/{team}/keys`, and the admin keys
+//! (which belong to no team) under `/v1/keys`. A secret appears once, in the answer to its
 //! creation; afterwards only its prefix is shown.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{JsonBody, Query, RequestId};
+use super::extract::{AdminPrincipal, JsonBody, Query, RequestId};
 use super::page::{List, Page};
-use super::teams::{ListParams, require_admin, visible_team};
+use super::teams::{ListParams, authorize_admin_on, not_found};
 use crate::auth::{self, Principal, Role};
-use crate::error::{ApiError, FieldError};
+use crate::domain::team::validate_name;
+use crate::error::{ApiError, FieldErrors};
 use crate::state::AppState;
 use crate::store::audit::{self, NewAuditEntry};
 use crate::store::keys::{self, KeyRecord};
-use crate::store::time::new_id;
+use crate::store::teams;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(create_key, list_keys))
         .routes(routes!(revoke_key))
+        .routes(routes!(list_admin_keys))
+        .routes(routes!(revoke_admin_key))
 }
-
-const MAX_NAME_CHARS: usize = 100;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -58,43 +60,58 @@ pub struct KeyView {
 }
 
 /// The creation answer: the key's view plus the secret, shown this once.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Serialize, ToSchema)]
 pub struct CreatedKey {
     #[serde(flatten)]
     pub key_info: KeyView,
     /// The whole key, to send as `Authorization: Bearer <key>`. It is not stored and cannot be
     /// shown again.
-    pub key: String,
+    #[serde(serialize_with = "expose")]
+    #[schema(value_type = String)]
+    pub key: SecretString,
 }
 
-fn view(record: KeyRecord) -> KeyView {
-    let now = crate::store::time::now();
-    let status = if record.revoked_at.is_some() {
-        "revoked"
-    } else if !auth::is_active(&record, now) {
-        "expired"
-    } else {
-        "active"
-    };
-    KeyView {
-        role: Role::parse(&record.role).unwrap_or(Role::Viewer),
-        id: record.id,
-        name: record.name,
-        team: record.team_id,
-        prefix: record.prefix,
-        expires_at: record.expires_at,
-        created_at: record.created_at,
-        revoked_at: record.revoked_at,
-        status,
+fn expose<S: serde::Serializer>(secret: &SecretString, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(secret.expose_secret())
+}
+
+impl KeyView {
+    pub fn of(record: KeyRecord) -> KeyView {
+        let status = if record.revoked_at.is_some() {
+            "revoked"
+        } else if !auth::is_active(&record, Utc::now()) {
+            "expired"
+        } else {
+            "active"
+        };
+        KeyView {
+            role: record.role,
+            id: record.id,
+            name: record.name,
+            team: record.team_id,
+            prefix: record.prefix,
+            expires_at: record.expires_at,
+            created_at: record.created_at,
+            revoked_at: record.revoked_at,
+            status,
+        }
     }
 }
 
-/// What the audit trail says of a key: never its secret or digest.
-fn summary(record: &KeyRecord) -> serde_json::Value {
-    json!({
-        "id": record.id, "name": record.name, "role": record.role, "team": record.team_id,
-        "prefix": record.prefix, "expires_at": record.expires_at, "revoked_at": record.revoked_at,
-    })
+/// The answer to a key's creation, which must not be kept by any cache on the way.
+pub fn created_response(record: KeyRecord, token: SecretString) -> Response {
+    let mut response = (
+        StatusCode::CREATED,
+        axum::Json(CreatedKey {
+            key_info: KeyView::of(record),
+            key: token,
+        }),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// Mint a member or viewer key for a team.
@@ -108,53 +125,37 @@ async fn create_key(
     RequestId(request_id): RequestId,
     Path(team_id): Path<String>,
     body: JsonBody,
-) -> Result<(StatusCode, axum::Json<CreatedKey>), ApiError> {
-    let mut tx = state.store.begin_write().await?;
-    let team = visible_team(&mut tx, &principal, &team_id).await?;
-    require_admin(&principal)?;
+) -> Result<Response, ApiError> {
+    authorize_admin_on(&principal, &team_id)?;
     let input: CreateKey = body.parse()?;
     let now = crate::store::time::now();
-    let mut problems = Vec::new();
-    let name = input.name.trim();
-    if name.is_empty()
-        || name.chars().count() > MAX_NAME_CHARS
-        || name.chars().any(char::is_control)
-    {
-        problems.push(FieldError {
-            field: "name".into(),
-            message: format!("must be 1-{MAX_NAME_CHARS} characters with no control characters"),
-        });
-    }
+    let mut problems = FieldErrors::default();
+    let name = validate_name(&input.name).unwrap_or_else(|e| {
+        problems.add("name", e);
+        String::new()
+    });
     if input.role == Role::Admin {
-        problems.push(FieldError {
-            field: "role".into(),
-            message: "must be `member` or `viewer`; admin keys belong to no team and are minted \
-                      with `fluence-gateway admin create-key`"
-                .into(),
-        });
+        problems.add(
+            "role",
+            "must be `member` or `viewer`; admin keys belong to no team and are minted with \
+             `fluence-gateway admin create-key`",
+        );
     }
     if input.expires_at.is_some_and(|at| at <= now) {
-        problems.push(FieldError {
-            field: "expires_at".into(),
-            message: "must be in the future".into(),
-        });
+        problems.add("expires_at", "must be in the future");
     }
+    problems.finish()?;
 
-    if !problems.is_empty() {
-        return Err(ApiError::Validation(problems));
-    }
-    let minted = auth::mint().map_err(ApiError::internal)?;
-    let record = KeyRecord {
-        id: new_id("key"),
-        prefix: minted.prefix,
-        secret_sha256: minted.secret_sha256,
-        name: name.to_owned(),
-        role: input.role.as_str().to_owned(),
-        team_id: Some(team.id.to_string()),
-        created_at: now,
-        expires_at: input.expires_at,
-        revoked_at: None,
-    };
+    let mut tx = state.store.begin_write().await?;
+    let team = teams::get(&mut tx, &team_id).await?.ok_or_else(not_found)?;
+    let (record, token) = KeyRecord::mint(
+        name,
+        input.role,
+        Some(team.id.to_string()),
+        now,
+        input.expires_at,
+    )
+    .map_err(ApiError::internal)?;
     keys::insert(&mut tx, &record).await?;
     audit::record(
         &mut tx,
@@ -166,20 +167,14 @@ async fn create_key(
             target_id: &record.id,
             team_id: Some(team.id.as_str()),
             before: None,
-            after: Some(summary(&record)),
+            after: Some(record.summary()),
             request_id: request_id.as_deref(),
         },
         now,
     )
     .await?;
     tx.commit().await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(CreatedKey {
-            key_info: view(record),
-            key: minted.token.expose_secret().to_owned(),
-        }),
-    ))
+    Ok(created_response(record, token))
 }
 
 /// A team's keys (never their secrets).
@@ -193,21 +188,23 @@ async fn list_keys(
     Path(team_id): Path<String>,
     Query(params): Query<ListParams>,
 ) -> Result<axum::Json<List<KeyView>>, ApiError> {
+    authorize_admin_on(&principal, &team_id)?;
     let page = Page::parse(params.limit, params.cursor.as_deref())?;
     let mut conn = state.store.pool().acquire().await?;
-    let team = visible_team(&mut conn, &principal, &team_id).await?;
-    require_admin(&principal)?;
-    let rows = keys::list_for_team(
+    let team = teams::get(&mut conn, &team_id)
+        .await?
+        .ok_or_else(not_found)?;
+    let rows = keys::list(
         &mut conn,
-        team.id.as_str(),
+        Some(team.id.as_str()),
         page.after.as_deref(),
         page.fetch(),
     )
     .await?;
-    Ok(axum::Json(page.finish(rows, |k| k.id.clone(), view)))
+    Ok(axum::Json(page.finish(rows, |k| k.id.clone(), KeyView::of)))
 }
 
-/// Revoke a key; it stops working on its next request.
+/// Revoke a team's key; it stops working on its next request.
 #[utoipa::path(delete, path = "/v1/teams/{team}/keys/{key_id}", tag = "keys",
     params(("team" = String, Path, description = "team id"), ("key_id" = String, Path)),
     responses((status = 204), (status = 404)), security(("bearer" = [])))]
@@ -217,37 +214,87 @@ async fn revoke_key(
     RequestId(request_id): RequestId,
     Path((team_id, key_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
+    authorize_admin_on(&principal, &team_id)?;
     let mut tx = state.store.begin_write().await?;
-    let team = visible_team(&mut tx, &principal, &team_id).await?;
-    require_admin(&principal)?;
-    let before = keys::get(&mut tx, team.id.as_str(), &key_id)
+    let team = teams::get(&mut tx, &team_id).await?.ok_or_else(not_found)?;
+    revoke(
+        &mut tx,
+        &principal,
+        request_id.as_deref(),
+        Some(team.id.as_str()),
+        &key_id,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The admin keys (which belong to no team), never their secrets.
+#[utoipa::path(get, path = "/v1/keys", tag = "keys", params(ListParams),
+    responses((status = 200, body = inline(List<KeyView>))), security(("bearer" = [])))]
+async fn list_admin_keys(
+    State(state): State<AppState>,
+    AdminPrincipal(_admin): AdminPrincipal,
+    Query(params): Query<ListParams>,
+) -> Result<axum::Json<List<KeyView>>, ApiError> {
+    let page = Page::parse(params.limit, params.cursor.as_deref())?;
+    let mut conn = state.store.pool().acquire().await?;
+    let rows = keys::list(&mut conn, None, page.after.as_deref(), page.fetch()).await?;
+    Ok(axum::Json(page.finish(rows, |k| k.id.clone(), KeyView::of)))
+}
+
+/// Revoke an admin key; it stops working on its next request.
+#[utoipa::path(delete, path = "/v1/keys/{key_id}", tag = "keys",
+    params(("key_id" = String, Path)),
+    responses((status = 204), (status = 404)), security(("bearer" = [])))]
+async fn revoke_admin_key(
+    State(state): State<AppState>,
+    AdminPrincipal(principal): AdminPrincipal,
+    RequestId(request_id): RequestId,
+    Path(key_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let mut tx = state.store.begin_write().await?;
+    revoke(&mut tx, &principal, request_id.as_deref(), None, &key_id).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Revokes a key of `team` (or an admin key, for `None`) and audits it; revoking a revoked key
+/// changes nothing.
+async fn revoke(
+    conn: &mut sqlx::SqliteConnection,
+    principal: &Principal,
+    request_id: Option<&str>,
+    team: Option<&str>,
+    key_id: &str,
+) -> Result<(), ApiError> {
+    let before = keys::get(conn, team, key_id)
         .await?
         .ok_or_else(|| ApiError::NotFound("No such key.".into()))?;
     if before.revoked_at.is_some() {
-        return Ok(StatusCode::NO_CONTENT);
+        return Ok(());
     }
     let now = crate::store::time::now();
-    keys::revoke(&mut tx, &key_id, now).await?;
+    keys::revoke(conn, key_id, now).await?;
     let after = KeyRecord {
         revoked_at: Some(now),
         ..before.clone()
     };
     audit::record(
-        &mut tx,
+        conn,
         NewAuditEntry {
             actor: &principal.actor,
             actor_role: principal.role.as_str(),
             action: "key.revoke",
             target_type: "key",
-            target_id: &key_id,
-            team_id: Some(team.id.as_str()),
-            before: Some(summary(&before)),
-            after: Some(summary(&after)),
-            request_id: request_id.as_deref(),
+            target_id: key_id,
+            team_id: team,
+            before: Some(before.summary()),
+            after: Some(after.summary()),
+            request_id,
         },
         now,
     )
     .await?;
-    tx.commit().await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
 }

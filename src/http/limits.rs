@@ -2,10 +2,11 @@
 //! authentication. Both are `governor` keyed limiters whose state is pruned periodically, so
 //! a flood of distinct keys or addresses cannot grow memory without bound.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -16,7 +17,24 @@ use crate::config::RateLimitSettings;
 pub struct RateLimits {
     per_key: DefaultKeyedRateLimiter<String>,
     failed_auth: DefaultKeyedRateLimiter<IpAddr>,
+    /// Addresses over their failed-authentication allowance, and until when. While listed, an
+    /// address gets 429 before any credential it sends is even looked at, so a correct guess
+    /// is refused like a wrong one and guessing gains nothing.
+    blocked: Mutex<HashMap<IpAddr, Instant>>,
     clock: DefaultClock,
+}
+
+/// The unit the failed-authentication limiter counts: one IPv4 address, or one IPv6 /64 (a
+/// single host usually holds a whole /64, so counting /128s would be no limit at all).
+fn client_unit(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => {
+            let mut segments = v6.segments();
+            segments[4..].fill(0);
+            IpAddr::from(segments)
+        }
+    }
 }
 
 /// Refused: try again after this long.
@@ -24,9 +42,10 @@ pub struct RateLimits {
 pub struct RetryAfter(pub Duration);
 
 impl RetryAfter {
-    /// Whole seconds for the `Retry-After` header, at least 1.
+    /// Whole seconds for the `Retry-After` header, rounded up, at least 1.
     pub fn seconds(self) -> u64 {
-        self.0.as_secs_f64().ceil().max(1.0) as u64
+        let whole = self.0.as_secs() + u64::from(self.0.subsec_nanos() > 0);
+        whole.max(1)
     }
 }
 
@@ -43,6 +62,7 @@ impl RateLimits {
         Arc::new(RateLimits {
             per_key: RateLimiter::keyed(per_key),
             failed_auth: RateLimiter::keyed(failed_auth),
+            blocked: Mutex::new(HashMap::new()),
             clock: DefaultClock::default(),
         })
     }
@@ -54,15 +74,45 @@ impl RateLimits {
             .map_err(|not_until| RetryAfter(not_until.wait_time_from(self.clock.now())))
     }
 
-    /// Counts one failed authentication from `address`; `Err` once it is over its allowance.
+    /// `Err` while `address` is blocked for failing authentication too often.
+    pub fn check_blocked(&self, address: IpAddr) -> Result<(), RetryAfter> {
+        let unit = client_unit(address);
+        let mut blocked = self.blocked.lock().unwrap_or_else(|p| p.into_inner());
+        match blocked.get(&unit) {
+            Some(until) => {
+                let now = Instant::now();
+                if now < *until {
+                    Err(RetryAfter(*until - now))
+                } else {
+                    blocked.remove(&unit);
+                    Ok(())
+                }
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Counts one failed authentication from `address`; `Err` once it is over its allowance,
+    /// which also blocks the address until its bucket has a token again.
     pub fn check_failed_auth(&self, address: IpAddr) -> Result<(), RetryAfter> {
-        self.failed_auth
-            .check_key(&address)
-            .map_err(|not_until| RetryAfter(not_until.wait_time_from(self.clock.now())))
+        let unit = client_unit(address);
+        self.failed_auth.check_key(&unit).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.clock.now());
+            self.blocked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(unit, Instant::now() + wait);
+            RetryAfter(wait)
+        })
     }
 
     /// Drops the state of keys and addresses that are back to a full bucket.
     pub fn prune(&self) {
+        let now = Instant::now();
+        self.blocked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, until| *until > now);
         self.per_key.retain_recent();
         self.per_key.shrink_to_fit();
         self.failed_auth.retain_recent();
@@ -71,7 +121,8 @@ impl RateLimits {
 
     /// Entries held, for tests and metrics.
     pub fn tracked(&self) -> usize {
-        self.per_key.len() + self.failed_auth.len()
+        let blocked = self.blocked.lock().map_or(0, |b| b.len());
+        self.per_key.len() + self.failed_auth.len() + blocked
     }
 }
 
@@ -126,6 +177,23 @@ mod tests {
                 .check_failed_auth(IpAddr::from([10, 0, 0, 2]))
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn an_ipv6_host_counts_as_its_slash_64() {
+        let limits = limits(1, 1);
+        let a: IpAddr = "2001:db8:1:2:aaaa::1"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let b: IpAddr = "2001:db8:1:2:bbbb::9"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert!(limits.check_failed_auth(a).is_ok());
+        assert!(limits.check_failed_auth(b).is_ok());
+        assert!(limits.check_failed_auth(a).is_err(), "same /64");
+        assert!(limits.check_blocked(b).is_err());
+        assert!(limits.check_failed_auth(other).is_ok());
     }
 
     #[test]

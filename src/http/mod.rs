@@ -122,6 +122,7 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(middleware::from_fn(drop_unusable_request_id))
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
         ]))
@@ -140,6 +141,26 @@ fn request_span(request: &Request) -> tracing::Span {
         .and_then(|value| value.to_str().ok())
         .unwrap_or_default();
     tracing::info_span!("request", method = %request.method(), route, request_id)
+}
+
+/// A client's `x-request-id` is kept only if it is short and plain, because it is echoed in
+/// answers, logs and the audit trail; otherwise one is generated.
+async fn drop_unusable_request_id(
+    mut request: Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    let usable = request.headers().get(&REQUEST_ID).is_none_or(|value| {
+        let bytes = value.as_bytes();
+        !bytes.is_empty()
+            && bytes.len() <= 64
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    });
+    if !usable {
+        request.headers_mut().remove(&REQUEST_ID);
+    }
+    next.run(request).await
 }
 
 async fn not_found() -> Problem {

@@ -4,18 +4,19 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
+use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::extract::{JsonBody, Query, RequestId};
+use super::extract::{AdminPrincipal, JsonBody, Query, RequestId, patch_field, patch_object};
 use super::page::{List, Page};
 use crate::auth::Principal;
 use crate::domain::money::Usdc;
 use crate::domain::quota::{Quotas, resources_of};
-use crate::domain::team::{TeamId, validate_alert_thresholds};
-use crate::error::{ApiError, FieldError};
+use crate::domain::team::{TeamId, validate_alert_thresholds, validate_name};
+use crate::error::{ApiError, FieldErrors};
 use crate::state::AppState;
 use crate::store::audit::{self, NewAuditEntry};
 use crate::store::teams::{self, Team};
@@ -27,7 +28,10 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 const DEFAULT_THRESHOLDS: [u8; 3] = [50, 80, 100];
-const MAX_NAME_CHARS: usize = 100;
+/// Entries an allow-list may hold.
+const MAX_LIST_ENTRIES: usize = 300;
+/// Quotas are stored as SQLite integers.
+const MAX_QUOTA: u64 = i64::MAX as u64;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TeamView {
@@ -87,11 +91,13 @@ pub struct CreateTeam {
     pub name: String,
     pub budget: BudgetInput,
     /// Any of `max_vms`, `max_vcpus`, `max_ram_gib`, `max_storage_gib`,
-    /// `max_instances_per_deployment`, `max_price_per_epoch`, `allowed_countries`,
-    /// `allowed_configurations`; absent or `null` means no limit.
+    /// `max_instances_per_deployment`, `max_price_per_epoch` (a decimal string),
+    /// `allowed_countries`, `allowed_configurations`; absent or `null` means no limit.
+    /// Kept raw so that its problems are reported with the other fields' (and a duplicated
+    /// quota is refused rather than silently overwritten).
     #[serde(default)]
     #[schema(value_type = Object)]
-    pub quotas: Option<Value>,
+    pub quotas: Option<Box<RawValue>>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -111,30 +117,93 @@ pub struct BudgetInput {
     pub alert_thresholds: Option<Vec<u32>>,
 }
 
-/// A partial change; quotas are merged key by key (`null` lifts a limit).
+/// A partial change: absent fields are left as they are. Quotas change one by one; a quota set
+/// to `null` lifts that limit.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateTeam {
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<String>)]
+    pub name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "patch_object")]
+    #[schema(value_type = Option<BudgetPatch>)]
+    pub budget: Option<Option<BudgetPatch>>,
     #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub budget: Option<BudgetPatch>,
-    #[serde(default)]
-    #[schema(value_type = Object)]
-    pub quotas: Option<Map<String, Value>>,
+    #[schema(value_type = Option<Object>)]
+    pub quotas: Option<Box<RawValue>>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetPatch {
-    #[serde(default)]
-    pub period: Option<String>,
-    #[serde(default)]
-    pub period_start_day: Option<u8>,
-    #[serde(default)]
-    pub cap: Option<String>,
-    #[serde(default)]
-    pub alert_thresholds: Option<Vec<u32>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<String>)]
+    pub period: Option<Option<String>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<u8>)]
+    pub period_start_day: Option<Option<u8>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<String>)]
+    pub cap: Option<Option<String>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    #[schema(value_type = Option<Vec<u32>>)]
+    pub alert_thresholds: Option<Option<Vec<u32>>>,
+}
+
+/// Each quota: absent leaves it, `null` lifts it, a value sets it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotasPatch {
+    #[serde(default, deserialize_with = "patch_field")]
+    max_vms: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    max_vcpus: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    max_ram_gib: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    max_storage_gib: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    max_instances_per_deployment: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    max_price_per_epoch: Option<Option<String>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    allowed_countries: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "patch_field")]
+    allowed_configurations: Option<Option<Vec<String>>>,
+}
+
+impl QuotasPatch {
+    fn apply(self, quotas: &mut Quotas, problems: &mut FieldErrors) {
+        fn set<T>(target: &mut Option<T>, change: Option<Option<T>>) {
+            if let Some(value) = change {
+                *target = value;
+            }
+        }
+        set(&mut quotas.max_vms, self.max_vms);
+        set(&mut quotas.max_vcpus, self.max_vcpus);
+        set(&mut quotas.max_ram_gib, self.max_ram_gib);
+        set(&mut quotas.max_storage_gib, self.max_storage_gib);
+        set(
+            &mut quotas.max_instances_per_deployment,
+            self.max_instances_per_deployment,
+        );
+        set(&mut quotas.allowed_countries, self.allowed_countries);
+        set(
+            &mut quotas.allowed_configurations,
+            self.allowed_configurations,
+        );
+        match self.max_price_per_epoch {
+            None => {}
+            Some(None) => quotas.max_price_per_epoch = None,
+            Some(Some(text)) => match Usdc::parse(&text) {
+                Ok(price) => quotas.max_price_per_epoch = Some(price),
+                Err(e) => problems.add(
+                    "quotas.max_price_per_epoch",
+                    format!("must be a decimal string of USDC with at most 6 decimals; it {e}"),
+                ),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -145,38 +214,14 @@ pub struct ListParams {
     pub cursor: Option<String>,
 }
 
-/// Collects every field problem of a request before answering.
-#[derive(Default)]
-struct Problems(Vec<FieldError>);
-
-impl Problems {
-    fn add(&mut self, field: impl Into<String>, message: impl Into<String>) {
-        self.0.push(FieldError {
-            field: field.into(),
-            message: message.into(),
-        });
-    }
-
-    fn finish(self) -> Result<(), ApiError> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::Validation(self.0))
-        }
-    }
+fn check_name(name: &str, problems: &mut FieldErrors) -> String {
+    validate_name(name).unwrap_or_else(|e| {
+        problems.add("name", e);
+        String::new()
+    })
 }
 
-fn check_name(name: &str, problems: &mut Problems) {
-    let chars = name.chars().count();
-    if name.trim().is_empty() || chars > MAX_NAME_CHARS || name.chars().any(char::is_control) {
-        problems.add(
-            "name",
-            format!("must be 1-{MAX_NAME_CHARS} characters with no control characters"),
-        );
-    }
-}
-
-fn check_period(period: Option<&str>, start_day: Option<u8>, problems: &mut Problems) {
+fn check_period(period: Option<&str>, start_day: Option<u8>, problems: &mut FieldErrors) {
     if period.is_some_and(|p| p != "month") {
         problems.add("budget.period", "must be `month`");
     }
@@ -185,7 +230,7 @@ fn check_period(period: Option<&str>, start_day: Option<u8>, problems: &mut Prob
     }
 }
 
-fn parse_cap(cap: &str, problems: &mut Problems) -> Usdc {
+fn parse_cap(cap: &str, problems: &mut FieldErrors) -> Usdc {
     Usdc::parse(cap).unwrap_or_else(|e| {
         problems.add(
             "budget.cap",
@@ -195,33 +240,79 @@ fn parse_cap(cap: &str, problems: &mut Problems) -> Usdc {
     })
 }
 
-fn parse_thresholds(thresholds: &[u32], problems: &mut Problems) -> Vec<u8> {
+fn parse_thresholds(thresholds: &[u32], problems: &mut FieldErrors) -> Vec<u8> {
     validate_alert_thresholds(thresholds).unwrap_or_else(|e| {
-        problems.add("budget.alert_thresholds", e.to_string());
+        problems.add("budget.alert_thresholds", e);
         Vec::new()
     })
 }
 
-/// Decodes and checks quotas, naming each bad one as `quotas.<name>`.
-fn parse_quotas(value: Value, problems: &mut Problems) -> Quotas {
-    // serde would also read a struct from a positional array; quotas are named or nothing.
-    if !value.is_object() {
-        problems.add("quotas", "must be an object of named quotas");
-        return Quotas::default();
+/// Decodes a raw quotas object into `T`, naming the field at fault as `quotas.<name>`; `None`
+/// for `null`, and for any problem (which is recorded).
+fn decode_quotas<T: serde::de::DeserializeOwned>(
+    raw: &RawValue,
+    problems: &mut FieldErrors,
+) -> Option<T> {
+    let text = raw.get().trim_start();
+    if text.starts_with("null") {
+        return None;
     }
-    let quotas: Quotas = match serde_path_to_error::deserialize(&value) {
-        Ok(quotas) => quotas,
-        Err(error) => {
-            let path = error.path().to_string();
-            let field = if path == "." {
-                "quotas".to_owned()
-            } else {
-                format!("quotas.{path}")
-            };
-            problems.add(field, error.into_inner().to_string());
-            return Quotas::default();
+    // serde would also read a struct from a positional array; quotas are named or nothing.
+    if !text.starts_with('{') {
+        problems.add("quotas", "must be an object of named quotas, or null");
+        return None;
+    }
+    match super::extract::parse_json::<T>(text.as_bytes()) {
+        Ok(value) => Some(value),
+        Err(ApiError::Validation(errors)) => {
+            for error in errors {
+                problems.add(format!("quotas.{}", error.field), error.message);
+            }
+            None
         }
-    };
+        Err(other) => {
+            problems.add("quotas", other.to_string());
+            None
+        }
+    }
+}
+
+/// Checks quotas beyond their types, naming each bad one as `quotas.<name>[i]`; allow-lists
+/// come back without duplicates.
+fn check_quotas(quotas: &mut Quotas, problems: &mut FieldErrors) {
+    let numbers = [
+        ("max_vms", quotas.max_vms),
+        ("max_vcpus", quotas.max_vcpus),
+        ("max_ram_gib", quotas.max_ram_gib),
+        ("max_storage_gib", quotas.max_storage_gib),
+        (
+            "max_instances_per_deployment",
+            quotas.max_instances_per_deployment,
+        ),
+    ];
+    for (name, value) in numbers {
+        if value.is_some_and(|v| v > MAX_QUOTA) {
+            problems.add(
+                format!("quotas.{name}"),
+                format!("must be at most {MAX_QUOTA}"),
+            );
+        }
+    }
+    for (name, list) in [
+        ("allowed_countries", &mut quotas.allowed_countries),
+        ("allowed_configurations", &mut quotas.allowed_configurations),
+    ] {
+        if let Some(list) = list {
+            if list.len() > MAX_LIST_ENTRIES {
+                problems.add(
+                    format!("quotas.{name}"),
+                    format!("may list at most {MAX_LIST_ENTRIES} entries"),
+                );
+            }
+            let mut seen = std::collections::HashSet::new();
+            list.retain(|entry| seen.insert(entry.clone()));
+        }
+    }
     for (i, country) in quotas.allowed_countries.iter().flatten().enumerate() {
         if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_uppercase()) {
             problems.add(
@@ -235,7 +326,6 @@ fn parse_quotas(value: Value, problems: &mut Problems) -> Quotas {
             problems.add(format!("quotas.allowed_configurations[{i}]"), e.to_string());
         }
     }
-    quotas
 }
 
 /// Loads a team the principal may see; a team key naming another team gets the same 404 as
@@ -249,6 +339,15 @@ pub async fn visible_team(
         return Err(not_found());
     }
     teams::get(conn, team).await?.ok_or_else(not_found)
+}
+
+/// For admin-only changes to a team: 404 for a team the principal cannot see, 403 for a team
+/// key on its own team. Checked before any write lock is taken or any body is read.
+pub fn authorize_admin_on(principal: &Principal, team: &str) -> Result<(), ApiError> {
+    if !principal.can_see_team(team) {
+        return Err(not_found());
+    }
+    require_admin(principal)
 }
 
 pub fn not_found() -> ApiError {
@@ -270,17 +369,16 @@ pub fn require_admin(principal: &Principal) -> Result<(), ApiError> {
     security(("bearer" = [])))]
 async fn create_team(
     State(state): State<AppState>,
-    principal: Principal,
+    AdminPrincipal(principal): AdminPrincipal,
     RequestId(request_id): RequestId,
     body: JsonBody,
 ) -> Result<(StatusCode, axum::Json<TeamView>), ApiError> {
-    require_admin(&principal)?;
     let input: CreateTeam = body.parse()?;
-    let mut problems = Problems::default();
+    let mut problems = FieldErrors::default();
     let id = TeamId::parse(&input.id)
         .map_err(|e| problems.add("id", e.to_string()))
         .ok();
-    check_name(&input.name, &mut problems);
+    let name = check_name(&input.name, &mut problems);
     check_period(
         input.budget.period.as_deref(),
         input.budget.period_start_day,
@@ -291,10 +389,11 @@ async fn create_team(
         Some(t) => parse_thresholds(t, &mut problems),
         None => DEFAULT_THRESHOLDS.to_vec(),
     };
-    let quotas = match input.quotas {
-        None | Some(Value::Null) => Quotas::default(),
-        Some(value) => parse_quotas(value, &mut problems),
-    };
+    let mut quotas = input
+        .quotas
+        .and_then(|raw| decode_quotas::<Quotas>(&raw, &mut problems))
+        .unwrap_or_default();
+    check_quotas(&mut quotas, &mut problems);
     problems.finish()?;
     // Present whenever no problem was found; the `else` only keeps this free of a panic.
     let Some(id) = id else {
@@ -304,7 +403,7 @@ async fn create_team(
     let now = crate::store::time::now();
     let team = Team {
         id,
-        name: input.name,
+        name,
         cap,
         period_start_day: input.budget.period_start_day.unwrap_or(1),
         alert_thresholds: thresholds,
@@ -350,17 +449,21 @@ async fn list_teams(
 ) -> Result<axum::Json<List<TeamView>>, ApiError> {
     let page = Page::parse(params.limit, params.cursor.as_deref())?;
     let mut conn = state.store.pool().acquire().await?;
-    let rows = match &principal.team {
-        None => teams::list(&mut conn, page.after.as_deref(), page.fetch()).await?,
-        Some(own) => teams::get(&mut conn, own.as_str())
-            .await?
-            .into_iter()
-            .filter(|team| {
-                page.after
-                    .as_deref()
-                    .is_none_or(|after| team.id.as_str() > after)
-            })
-            .collect(),
+    let rows = if principal.is_admin() {
+        teams::list(&mut conn, page.after.as_deref(), page.fetch()).await?
+    } else {
+        match &principal.team {
+            Some(own) => teams::get(&mut conn, own.as_str())
+                .await?
+                .into_iter()
+                .filter(|team| {
+                    page.after
+                        .as_deref()
+                        .is_none_or(|after| team.id.as_str() > after)
+                })
+                .collect(),
+            None => Vec::new(),
+        }
     };
     Ok(axum::Json(page.finish(
         rows,
@@ -395,41 +498,59 @@ async fn update_team(
     Path(team_id): Path<String>,
     body: JsonBody,
 ) -> Result<axum::Json<TeamView>, ApiError> {
-    let mut tx = state.store.begin_write().await?;
-    let before = visible_team(&mut tx, &principal, &team_id).await?;
-    require_admin(&principal)?;
+    authorize_admin_on(&principal, &team_id)?;
     let patch: UpdateTeam = body.parse()?;
+    let mut tx = state.store.begin_write().await?;
+    let before = teams::get(&mut tx, &team_id).await?.ok_or_else(not_found)?;
 
-    let mut problems = Problems::default();
+    let mut problems = FieldErrors::default();
     let mut after = before.clone();
-    if let Some(name) = patch.name {
-        check_name(&name, &mut problems);
-        after.name = name;
+    match patch.name {
+        None => {}
+        Some(None) => problems.add("name", "cannot be null"),
+        Some(Some(name)) => after.name = check_name(&name, &mut problems),
     }
-    if let Some(budget) = patch.budget {
-        check_period(
-            budget.period.as_deref(),
-            budget.period_start_day,
-            &mut problems,
-        );
-        if let Some(day) = budget.period_start_day {
-            after.period_start_day = day;
-        }
-        if let Some(cap) = budget.cap {
-            after.cap = parse_cap(&cap, &mut problems);
-        }
-        if let Some(thresholds) = budget.alert_thresholds {
-            after.alert_thresholds = parse_thresholds(&thresholds, &mut problems);
+    match patch.budget {
+        None => {}
+        Some(None) => problems.add("budget", "cannot be null"),
+        Some(Some(budget)) => {
+            let required = |field: &str, problems: &mut FieldErrors| {
+                problems.add(format!("budget.{field}"), "cannot be null")
+            };
+            match budget.period {
+                Some(None) => required("period", &mut problems),
+                Some(Some(period)) => check_period(Some(&period), None, &mut problems),
+                None => {}
+            }
+            match budget.period_start_day {
+                Some(None) => required("period_start_day", &mut problems),
+                Some(Some(day)) => {
+                    check_period(None, Some(day), &mut problems);
+                    after.period_start_day = day;
+                }
+                None => {}
+            }
+            match budget.cap {
+                Some(None) => required("cap", &mut problems),
+                Some(Some(cap)) => after.cap = parse_cap(&cap, &mut problems),
+                None => {}
+            }
+            match budget.alert_thresholds {
+                Some(None) => required("alert_thresholds", &mut problems),
+                Some(Some(t)) => after.alert_thresholds = parse_thresholds(&t, &mut problems),
+                None => {}
+            }
         }
     }
-    if let Some(changes) = patch.quotas {
-        let mut merged = match serde_json::to_value(&before.quotas) {
-            Ok(Value::Object(map)) => map,
-            _ => Map::new(),
-        };
-        merged.extend(changes);
-        after.quotas = parse_quotas(Value::Object(merged), &mut problems);
+    if let Some(raw) = patch.quotas {
+        match decode_quotas::<QuotasPatch>(&raw, &mut problems) {
+            Some(changes) => changes.apply(&mut after.quotas, &mut problems),
+            // `"quotas": null` lifts every limit.
+            None if raw.get().trim() == "null" => after.quotas = Quotas::default(),
+            None => {}
+        }
     }
+    check_quotas(&mut after.quotas, &mut problems);
     problems.finish()?;
     if after == before {
         return Ok(axum::Json(before.into()));
@@ -458,7 +579,7 @@ async fn update_team(
 }
 
 /// Delete a team; refused while it has live VMs or deployments in flight. Its keys are revoked
-/// and its id stays taken.
+/// (each revocation audited) and its id stays taken.
 #[utoipa::path(delete, path = "/v1/teams/{team}", tag = "teams",
     params(("team" = String, Path, description = "team id")),
     responses((status = 204), (status = 404), (status = 409, description = "live VMs or deployments in flight")),
@@ -469,9 +590,9 @@ async fn delete_team(
     RequestId(request_id): RequestId,
     Path(team_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    authorize_admin_on(&principal, &team_id)?;
     let mut tx = state.store.begin_write().await?;
-    let team = visible_team(&mut tx, &principal, &team_id).await?;
-    require_admin(&principal)?;
+    let team = teams::get(&mut tx, &team_id).await?.ok_or_else(not_found)?;
     let (vms, in_flight) = teams::live_work(&mut tx, &team.id).await?;
     if vms > 0 || in_flight > 0 {
         return Err(ApiError::Conflict(format!(
@@ -480,20 +601,40 @@ async fn delete_team(
         )));
     }
     let now = crate::store::time::now();
-    teams::soft_delete(&mut tx, &team.id, now).await?;
+    let revoked = teams::soft_delete(&mut tx, &team.id, now).await?;
+    let entry = |action, target_type, target_id, before, after| NewAuditEntry {
+        actor: &principal.actor,
+        actor_role: principal.role.as_str(),
+        action,
+        target_type,
+        target_id,
+        team_id: Some(team.id.as_str()),
+        before,
+        after,
+        request_id: request_id.as_deref(),
+    };
+    for key in &revoked {
+        let after = crate::store::keys::KeyRecord {
+            revoked_at: Some(now),
+            ..key.clone()
+        };
+        let (before, after) = (key.summary(), after.summary());
+        audit::record(
+            &mut tx,
+            entry("key.revoke", "key", &key.id, Some(before), Some(after)),
+            now,
+        )
+        .await?;
+    }
     audit::record(
         &mut tx,
-        NewAuditEntry {
-            actor: &principal.actor,
-            actor_role: principal.role.as_str(),
-            action: "team.delete",
-            target_type: "team",
-            target_id: team.id.as_str(),
-            team_id: Some(team.id.as_str()),
-            before: Some(summary(&team)),
-            after: None,
-            request_id: request_id.as_deref(),
-        },
+        entry(
+            "team.delete",
+            "team",
+            team.id.as_str(),
+            Some(summary(&team)),
+            None,
+        ),
         now,
     )
     .await?;

@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{Row, SqliteConnection};
 
+use super::keys::KeyRecord;
 use super::time::{from_db, to_db};
 use crate::domain::money::Usdc;
 use crate::domain::quota::Quotas;
@@ -137,12 +138,18 @@ pub async fn live_work(
     Ok((row.try_get("vms")?, row.try_get("holds")?))
 }
 
-/// Marks the team deleted and revokes its keys in the same transaction.
+/// Marks the team deleted and revokes its keys in the same transaction; returns the keys that
+/// were still active, as they were, for the audit trail.
 pub async fn soft_delete(
     conn: &mut SqliteConnection,
     id: &TeamId,
     at: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
+) -> Result<Vec<KeyRecord>, sqlx::Error> {
+    let active: Vec<KeyRecord> = super::keys::list(&mut *conn, Some(id.as_str()), None, u32::MAX)
+        .await?
+        .into_iter()
+        .filter(|key| key.revoked_at.is_none())
+        .collect();
     let at = to_db(at);
     sqlx::query("UPDATE teams SET deleted_at = ?2, updated_at = ?2 WHERE id = ?1")
         .bind(id.as_str())
@@ -154,5 +161,5 @@ pub async fn soft_delete(
         .bind(&at)
         .execute(&mut *conn)
         .await?;
-    Ok(())
+    Ok(active)
 }

@@ -1,6 +1,8 @@
 //! Timestamps in SQLite: RFC 3339 UTC with exactly six fractional digits, so that text order is
 //! time order and range queries can compare strings.
 
+use std::sync::Mutex;
+
 use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 
 /// The current time at the precision the database keeps, so that what an answer shows is what
@@ -23,7 +25,13 @@ pub fn from_db_opt(text: Option<String>) -> Result<Option<DateTime<Utc>>, sqlx::
     text.as_deref().map(from_db).transpose()
 }
 
-/// A new prefixed, time-sortable id: `key_01J...`, `aud_01J...`.
+/// A new prefixed, time-sortable id: `key_01J...`, `aud_01J...`. Ids minted in the same
+/// millisecond still sort in minting order, so "newest first" by id is exact.
 pub fn new_id(prefix: &str) -> String {
-    format!("{prefix}_{}", ulid::Ulid::new())
+    static GENERATOR: Mutex<Option<ulid::Generator>> = Mutex::new(None);
+    let mut generator = GENERATOR.lock().unwrap_or_else(|p| p.into_inner());
+    let generator = generator.get_or_insert_with(ulid::Generator::new);
+    // The generator only fails when 2^80 ids are minted in one millisecond.
+    let id = generator.generate().unwrap_or_else(|_| ulid::Ulid::new());
+    format!("{prefix}_{id}")
 }

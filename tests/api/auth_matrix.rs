@@ -316,7 +316,7 @@ async fn expired_key(app: &TestApp) -> String {
             prefix: minted.prefix.clone(),
             secret_sha256: minted.secret_sha256.clone(),
             name: "expired".into(),
-            role: "admin".into(),
+            role: fluence_gateway::auth::Role::Admin,
             team_id: None,
             created_at: now - chrono::TimeDelta::days(1),
             expires_at: Some(now - chrono::TimeDelta::seconds(1)),

@@ -76,6 +76,11 @@ fn create_team_cases() -> Vec<Case> {
         json_case("missing id", json!({"name": "x", "budget": {"cap": "1"}})),
         json_case("missing budget", json!({"id": "x1", "name": "x"})),
         raw_case(
+            "duplicate quota",
+            Some("application/json"),
+            br#"{"id": "dq", "name": "x", "budget": {"cap": "1"}, "quotas": {"max_vms": 1, "max_vms": 1000}}"#,
+        ),
+        raw_case(
             "duplicate key",
             Some("application/json"),
             br#"{"id": "aa", "id": "bb", "name": "x", "budget": {"cap": "1"}}"#,
@@ -247,6 +252,18 @@ fn assert_refused(reply: &Reply, what: &str) {
         "{what}"
     );
     assert_eq!(reply.json["status"], reply.status, "{what}: {}", reply.text);
+    for field in ["type", "title", "detail", "request_id"] {
+        assert!(
+            reply.json[field].is_string(),
+            "{what}: no {field} in {}",
+            reply.text
+        );
+    }
+    assert_eq!(
+        reply.json["request_id"].as_str(),
+        reply.header("x-request-id"),
+        "{what}: the body's request id is the header's"
+    );
     assert!(reply.json["code"].is_string(), "{what}: {}", reply.text);
     assert!(!reply.text.contains("panicked"), "{what}");
     if reply.json["code"] == "validation_failed" {

@@ -175,7 +175,7 @@ fn a_base_url_with_credentials_is_refused() {
 #[test]
 fn secrets_come_from_files_too_and_never_from_both_places() {
     let mut f = tempfile::NamedTempFile::new().unwrap_or_else(|e| panic!("{e}"));
-    f.write_all(b"file-secret-value\n")
+    f.write_all(b"file-secret-value-0123456789abcdef-xyz\n")
         .unwrap_or_else(|e| panic!("{e}"));
     let path = f.path().display().to_string();
     let settings = load(None, &[("GATEWAY_ADMIN_TOKEN_FILE", &path)])
@@ -188,7 +188,7 @@ fn secrets_come_from_files_too_and_never_from_both_places() {
             .as_ref()
             .map(|k| k.expose_secret().to_owned())
             .as_deref(),
-        Some("file-secret-value")
+        Some("file-secret-value-0123456789abcdef-xyz")
     );
     let text = message(load(
         None,
@@ -208,9 +208,25 @@ fn secrets_come_from_files_too_and_never_from_both_places() {
 }
 
 #[test]
+fn a_weak_bootstrap_admin_token_is_refused() {
+    for weak in [
+        "short",
+        "has spaces in it but is long enough to pass",
+        "\u{e9}\u{e9}\u{e9}",
+    ] {
+        let text = message(load(None, &[("GATEWAY_ADMIN_TOKEN", weak)]));
+        assert!(text.contains("GATEWAY_ADMIN_TOKEN"), "{text}");
+        assert!(
+            !text.contains(weak),
+            "the token itself is not echoed: {text}"
+        );
+    }
+}
+
+#[test]
 fn debug_output_of_the_settings_never_shows_a_secret() {
     let canary = "canary-7f3a9c1e-fluence-key";
-    let admin = "canary-admin-token-55d2";
+    let admin = "canary-admin-token-55d2-0123456789abcdef";
     let settings = load(
         None,
         &[("FLUENCE_API_KEY", canary), ("GATEWAY_ADMIN_TOKEN", admin)],

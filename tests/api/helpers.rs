@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 pub const SIM_KEY: &str = "test-fluence-key";
 /// The bootstrap admin token of every [`TestApp::spawn`] gateway.
-pub const ADMIN_TOKEN: &str = "test-bootstrap-admin-token";
+pub const ADMIN_TOKEN: &str = "test-bootstrap-admin-token-0123456789abcdef";
 
 /// A simulator with a manual clock that accepts [`SIM_KEY`].
 pub async fn spawn_simulator() -> SimulatorHandle {

@@ -209,7 +209,7 @@ fn find_any(haystack: &[u8], secrets: &[(&str, String)]) -> Vec<String> {
 #[tokio::test]
 async fn no_secret_reaches_logs_responses_or_the_database() {
     let fluence_key = "canary-fluence-key-3f9a1c";
-    let admin_token = "canary-admin-token-77be20";
+    let admin_token = "canary-admin-token-77be20-5f0c1d9e2a4b6c8d";
     let sim = fluence_gateway::simulator::spawn(fluence_gateway::simulator::SimulatorConfig {
         api_keys: vec![secrecy::SecretString::from(fluence_key)],
         clock: fluence_gateway::simulator::ClockMode::Manual,

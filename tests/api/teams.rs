@@ -148,7 +148,7 @@ async fn revocation_and_expiry_take_effect_on_the_next_request() {
             prefix: minted.prefix.clone(),
             secret_sha256: minted.secret_sha256.clone(),
             name: "old".into(),
-            role: "member".into(),
+            role: fluence_gateway::auth::Role::Member,
             team_id: Some("ml".into()),
             created_at: now - chrono::TimeDelta::days(2),
             expires_at: Some(now - chrono::TimeDelta::seconds(1)),
@@ -519,9 +519,154 @@ async fn failed_authentication_is_limited_more_strictly_per_address() {
         );
     }
     assert_eq!(statuses, [401, 401, 401, 429, 429]);
-    // Good keys are not held back by the failed ones' limiter.
-    let ok = app
+    // While blocked, the address is refused before its credential is even looked at: a right
+    // guess gets the same 429 as a wrong one, so guessing gains nothing.
+    let right = app
         .call(Method::GET, "/v1/teams", Some(ADMIN_TOKEN), None)
         .await;
-    assert_eq!(ok.status, 200);
+    assert_eq!(right.status, 429);
+    assert!(right.header("retry-after").is_some());
+}
+
+#[tokio::test]
+async fn admin_keys_are_listed_and_revoked_and_a_team_deletion_audits_its_keys() {
+    let app = TestApp::spawn().await;
+    let output = fluence_gateway::admin::create_admin_key(
+        &crate::helpers::settings(&app.db_dir, &[]),
+        "ops",
+        None,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let printed: Value = serde_json::from_str(&output).unwrap_or_else(|e| panic!("{e}"));
+    let admin_key = printed["key"].as_str().unwrap_or_default().to_owned();
+    let admin_id = printed["id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(
+        app.call(Method::GET, "/v1/teams", Some(&admin_key), None)
+            .await
+            .status,
+        200
+    );
+
+    let listed = app
+        .call(Method::GET, "/v1/keys", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(listed.json["items"][0]["id"], admin_id.as_str());
+    assert_eq!(listed.json["items"][0]["role"], "admin");
+    assert!(!listed.text.contains(&admin_key));
+    let revoked = app
+        .call(
+            Method::DELETE,
+            &format!("/v1/keys/{admin_id}"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(revoked.status, 204);
+    assert_eq!(
+        app.call(Method::GET, "/v1/teams", Some(&admin_key), None)
+            .await
+            .status,
+        401
+    );
+
+    // Deleting a team revokes its keys, and each revocation is in the audit trail.
+    app.create_team("ml", "1").await;
+    let member = app.mint_key_reply("ml", "member").await;
+    let member_id = member.json["id"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(
+        app.call(Method::DELETE, "/v1/teams/ml", Some(ADMIN_TOKEN), None)
+            .await
+            .status,
+        204
+    );
+    let audit = app
+        .call(
+            Method::GET,
+            &format!("/v1/audit?target_id={member_id}"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    let actions: Vec<&str> = audit.json["items"]
+        .as_array()
+        .map(|items| items.iter().filter_map(|e| e["action"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(actions, ["key.revoke", "key.create"]);
+    assert!(audit.json["items"][0]["after"]["revoked_at"].is_string());
+}
+
+#[tokio::test]
+async fn the_audit_trail_and_ledger_refuse_changes_in_the_database_itself() {
+    let app = TestApp::spawn().await;
+    app.create_team("ml", "1").await;
+    let store = app.store().await;
+    let update = sqlx::query("UPDATE audit_log SET actor = 'someone-else'")
+        .execute(store.pool())
+        .await;
+    assert!(update.is_err_and(|e| e.to_string().contains("append-only")));
+    let delete = sqlx::query("DELETE FROM audit_log")
+        .execute(store.pool())
+        .await;
+    assert!(delete.is_err());
+}
+
+#[tokio::test]
+async fn a_client_request_id_is_kept_only_when_short_and_plain() {
+    let app = TestApp::spawn().await;
+    for (sent, kept) in [
+        ("abc-123_x.y", true),
+        ("has space", false),
+        (&*"x".repeat(65), false),
+    ] {
+        let response = app
+            .http
+            .get(app.url("/nowhere"))
+            .header("x-request-id", sent)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let echoed = response
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(echoed == sent, kept, "{sent:?} -> {echoed:?}");
+        assert!(!echoed.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn the_largest_cap_round_trips_exactly() {
+    let app = TestApp::spawn().await;
+    let reply = app
+        .call(
+            Method::POST,
+            "/v1/teams",
+            Some(ADMIN_TOKEN),
+            Some(json!({"id": "rich", "name": "Rich", "budget": {"cap": "9223372036854.775807"}})),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.text);
+    let budget = app
+        .call(
+            Method::GET,
+            "/v1/teams/rich/budget",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(budget.json["cap"], "9223372036854.775807");
+    assert_eq!(budget.json["available"], "9223372036854.775807");
+    let over = app
+        .call(
+            Method::POST,
+            "/v1/teams",
+            Some(ADMIN_TOKEN),
+            Some(json!({"id": "richer", "name": "x", "budget": {"cap": "9223372036854.775808"}})),
+        )
+        .await;
+    assert_eq!(over.status, 422);
+    assert_eq!(over.json["errors"][0]["field"], "budget.cap");
 }
