@@ -74,6 +74,7 @@ pub async fn run(
         started_at: Utc::now(),
         limits: limits.clone(),
         bootstrap: BootstrapToken::new(settings.secrets.admin_token.as_ref()),
+        upstream_probe: Arc::default(),
     };
     let pruner = tokio::spawn(prune_periodically(
         limits,

@@ -19,6 +19,9 @@ pub struct AppState {
     pub started_at: DateTime<Utc>,
     pub limits: Arc<RateLimits>,
     pub bootstrap: BootstrapToken,
+    /// The last readiness probe of the upstream: when, and its error if it failed. One probe
+    /// at a time, shared by every `/readyz` caller meanwhile.
+    pub upstream_probe: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Option<String>)>>>,
 }
 
 /// What the gateway talks to, as shown in `/healthz`, `/readyz` and the start-up log.

@@ -16,6 +16,8 @@ use crate::state::AppState;
 const UPSTREAM_FRESH: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
 /// A readiness probe of the upstream gives up after this long.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// A probe's outcome answers `/readyz` for this long before the upstream is asked again.
+const PROBE_REUSE: Duration = Duration::from_secs(5);
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -53,14 +55,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     let probe_error = if fresh {
         None
     } else {
-        match tokio::time::timeout(PROBE_TIMEOUT, state.fluence.countries()).await {
-            Ok(Ok(_)) => None,
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "readiness: upstream probe failed");
-                Some(error.to_string())
-            }
-            Err(_) => Some("upstream probe timed out".to_owned()),
-        }
+        probe_upstream(&state).await
     };
     let mut upstream = upstream_summary(&state);
     upstream["ok"] = json!(probe_error.is_none());
@@ -79,6 +74,28 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
         "checks": { "database": database, "upstream": upstream },
     });
     (status, Json(body))
+}
+
+/// Probes the upstream, at most once per [`PROBE_REUSE`]: unauthenticated `/readyz` traffic
+/// must not turn into upstream traffic, least of all while the upstream is down. Concurrent
+/// callers wait for the one probe in flight and share its result.
+async fn probe_upstream(state: &AppState) -> Option<String> {
+    let mut last = state.upstream_probe.lock().await;
+    if let Some((at, outcome)) = last.as_ref() {
+        if at.elapsed() < PROBE_REUSE {
+            return outcome.clone();
+        }
+    }
+    let outcome = match tokio::time::timeout(PROBE_TIMEOUT, state.fluence.countries()).await {
+        Ok(Ok(_)) => None,
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "readiness: upstream probe failed");
+            Some(error.to_string())
+        }
+        Err(_) => Some("upstream probe timed out".to_owned()),
+    };
+    *last = Some((std::time::Instant::now(), outcome.clone()));
+    outcome
 }
 
 fn upstream_summary(state: &AppState) -> Value {

@@ -202,3 +202,36 @@ async fn a_request_over_the_timeout_is_a_408_problem() {
     let body: Value = response.json().await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(body["code"], "request_timeout");
 }
+
+#[tokio::test]
+async fn readiness_probes_a_failing_upstream_once_however_often_it_is_asked() {
+    let sim = spawn_simulator().await;
+    let db_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let base_url = sim.base_url();
+    let settings = settings(
+        &db_dir,
+        &[
+            ("GATEWAY__UPSTREAM__MODE", "fluence"),
+            ("GATEWAY__UPSTREAM__BASE_URL", &base_url),
+            ("FLUENCE_API_KEY", "refused-key"),
+        ],
+    );
+    let app = TestApp::spawn_with(settings, Some(sim), db_dir).await;
+    for _ in 0..10 {
+        assert_eq!(app.get("/readyz").await.status(), 503);
+    }
+    let sim = app.sim.as_ref().unwrap_or_else(|| panic!("no simulator"));
+    let state: Value = reqwest::get(format!("{}/_sim/state", sim.base_url()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let probes = state["calls"].as_array().map_or(0, |calls| {
+        calls
+            .iter()
+            .filter(|c| c["path"] == "/marketplace/countries")
+            .count()
+    });
+    assert_eq!(probes, 1, "ten /readyz, one upstream call");
+}
