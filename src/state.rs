@@ -21,8 +21,11 @@ pub struct AppState {
     pub bootstrap: BootstrapToken,
     /// The last readiness probe of the upstream: when, and its error if it failed. One probe
     /// at a time, shared by every `/readyz` caller meanwhile.
-    pub upstream_probe: Arc<tokio::sync::Mutex<Option<(std::time::Instant, Option<String>)>>>,
+    pub upstream_probe: Arc<tokio::sync::Mutex<Option<ProbeOutcome>>>,
 }
+
+/// When the upstream was last probed, and the error if the probe failed.
+pub type ProbeOutcome = (std::time::Instant, Option<String>);
 
 /// What the gateway talks to, as shown in `/healthz`, `/readyz` and the start-up log.
 #[derive(Debug, Clone)]
