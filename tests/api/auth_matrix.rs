@@ -107,7 +107,9 @@ async fn every_secured_route_refuses_every_bad_credential_and_every_foreign_team
         )
         .await;
     assert_eq!(gone.status, 204);
-    let expired = expired_key(&app).await;
+    let expired = app
+        .insert_expired_key(fluence_gateway::auth::Role::Admin, None)
+        .await;
     let well_formed_unknown = format!("fgw_0123456789abcdef_{}", "x".repeat(43));
     let right_prefix_wrong_secret = format!("{}_{}", &member[..20], "y".repeat(43));
 
@@ -299,34 +301,6 @@ async fn every_secured_route_refuses_every_bad_credential_and_every_foreign_team
         .map(|k| k["status"].clone());
     assert_eq!(victim_status, Some(json!("active")));
     assert_eq!(upstream_calls(&app).await, calls_before);
-}
-
-/// An admin key that expired a second ago, arranged in the database (the API only accepts
-/// future expiries).
-async fn expired_key(app: &TestApp) -> String {
-    use secrecy::ExposeSecret;
-    let minted = fluence_gateway::auth::mint().unwrap_or_else(|e| panic!("{e}"));
-    let now = chrono::Utc::now();
-    let store = app.store().await;
-    let mut tx = store.begin_write().await.unwrap_or_else(|e| panic!("{e}"));
-    fluence_gateway::store::keys::insert(
-        &mut tx,
-        &fluence_gateway::store::keys::KeyRecord {
-            id: "key_expired_admin".into(),
-            prefix: minted.prefix.clone(),
-            secret_sha256: minted.secret_sha256.clone(),
-            name: "expired".into(),
-            role: fluence_gateway::auth::Role::Admin,
-            team_id: None,
-            created_at: now - chrono::TimeDelta::days(1),
-            expires_at: Some(now - chrono::TimeDelta::seconds(1)),
-            revoked_at: None,
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    tx.commit().await.unwrap_or_else(|e| panic!("{e}"));
-    minted.token.expose_secret().to_owned()
 }
 
 fn with_query(path: &str, query: &str) -> String {

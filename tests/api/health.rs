@@ -43,18 +43,7 @@ async fn readyz_reports_a_healthy_external_upstream_and_the_database() {
 
 #[tokio::test]
 async fn readyz_is_503_when_the_upstream_refuses_the_key() {
-    let sim = spawn_simulator().await;
-    let db_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let base_url = sim.base_url();
-    let settings = settings(
-        &db_dir,
-        &[
-            ("GATEWAY__UPSTREAM__MODE", "fluence"),
-            ("GATEWAY__UPSTREAM__BASE_URL", &base_url),
-            ("FLUENCE_API_KEY", "not-the-simulators-key"),
-        ],
-    );
-    let app = TestApp::spawn_with(settings, Some(sim), db_dir).await;
+    let app = TestApp::spawn_with_fluence_key("not-the-simulators-key").await;
     let response = app.get("/readyz").await;
     assert_eq!(response.status(), 503);
     let text = response.text().await.unwrap_or_default();
@@ -205,18 +194,7 @@ async fn a_request_over_the_timeout_is_a_408_problem() {
 
 #[tokio::test]
 async fn readiness_probes_a_failing_upstream_once_however_often_it_is_asked() {
-    let sim = spawn_simulator().await;
-    let db_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let base_url = sim.base_url();
-    let settings = settings(
-        &db_dir,
-        &[
-            ("GATEWAY__UPSTREAM__MODE", "fluence"),
-            ("GATEWAY__UPSTREAM__BASE_URL", &base_url),
-            ("FLUENCE_API_KEY", "refused-key"),
-        ],
-    );
-    let app = TestApp::spawn_with(settings, Some(sim), db_dir).await;
+    let app = TestApp::spawn_with_fluence_key("refused-key").await;
     for _ in 0..10 {
         assert_eq!(app.get("/readyz").await.status(), 503);
     }

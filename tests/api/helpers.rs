@@ -51,6 +51,23 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// A gateway in `fluence` mode against its own simulator, presenting `fluence_key` (which
+    /// the simulator may refuse) and no admin token.
+    pub async fn spawn_with_fluence_key(fluence_key: &str) -> TestApp {
+        let sim = spawn_simulator().await;
+        let db_dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let base_url = sim.base_url();
+        let settings = settings(
+            &db_dir,
+            &[
+                ("GATEWAY__UPSTREAM__MODE", "fluence"),
+                ("GATEWAY__UPSTREAM__BASE_URL", &base_url),
+                ("FLUENCE_API_KEY", fluence_key),
+            ],
+        );
+        TestApp::spawn_with(settings, Some(sim), db_dir).await
+    }
+
     /// A gateway in `fluence` mode whose upstream is a fresh simulator of this test's own,
     /// with [`ADMIN_TOKEN`] as its bootstrap admin token.
     pub async fn spawn() -> TestApp {
@@ -179,6 +196,33 @@ impl TestApp {
         })
         .await
         .unwrap_or_else(|e| panic!("store: {e}"))
+    }
+
+    /// A key of `role` (for `team`, or an admin key for `None`) that expired a second ago,
+    /// arranged in the database because the API only accepts future expiries. Returns the key.
+    pub async fn insert_expired_key(
+        &self,
+        role: fluence_gateway::auth::Role,
+        team: Option<&str>,
+    ) -> String {
+        use secrecy::ExposeSecret;
+        let now = chrono::Utc::now();
+        let (mut record, token) = fluence_gateway::store::keys::KeyRecord::mint(
+            "expired".into(),
+            role,
+            team.map(str::to_owned),
+            now - chrono::TimeDelta::days(1),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        record.expires_at = Some(now - chrono::TimeDelta::seconds(1));
+        let store = self.store().await;
+        let mut tx = store.begin_write().await.unwrap_or_else(|e| panic!("{e}"));
+        fluence_gateway::store::keys::insert(&mut tx, &record)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        tx.commit().await.unwrap_or_else(|e| panic!("{e}"));
+        token.expose_secret().to_owned()
     }
 
     /// Stops the gateway and returns how `run` ended.

@@ -136,36 +136,11 @@ async fn revocation_and_expiry_take_effect_on_the_next_request() {
         .await;
     assert_eq!(listed.json["items"][0]["status"], "revoked");
 
-    // An expired key: arranged in the database, since the API only accepts future expiries.
-    let store = app.store().await;
-    let minted = fluence_gateway::auth::mint().unwrap_or_else(|e| panic!("{e}"));
-    let now = chrono::Utc::now();
-    let mut conn = store.begin_write().await.unwrap_or_else(|e| panic!("{e}"));
-    fluence_gateway::store::keys::insert(
-        &mut conn,
-        &fluence_gateway::store::keys::KeyRecord {
-            id: "key_expired".into(),
-            prefix: minted.prefix.clone(),
-            secret_sha256: minted.secret_sha256.clone(),
-            name: "old".into(),
-            role: fluence_gateway::auth::Role::Member,
-            team_id: Some("ml".into()),
-            created_at: now - chrono::TimeDelta::days(2),
-            expires_at: Some(now - chrono::TimeDelta::seconds(1)),
-            revoked_at: None,
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
-    conn.commit().await.unwrap_or_else(|e| panic!("{e}"));
-    use secrecy::ExposeSecret;
+    let expired_key = app
+        .insert_expired_key(fluence_gateway::auth::Role::Member, Some("ml"))
+        .await;
     let expired = app
-        .call(
-            Method::GET,
-            "/v1/teams/ml",
-            Some(minted.token.expose_secret()),
-            None,
-        )
+        .call(Method::GET, "/v1/teams/ml", Some(&expired_key), None)
         .await;
     assert_eq!(expired.status, 401);
     assert_eq!(expired.json["code"], "unauthorized");
