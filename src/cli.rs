@@ -52,7 +52,7 @@ pub enum AdminCommand {
     },
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(clap::Args)]
 pub struct SimulatorArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:8090")]
@@ -75,6 +75,24 @@ pub struct SimulatorArgs {
     /// Starting account balance in USDC.
     #[arg(long, default_value = "10000", value_parser = parse_usdc)]
     pub balance: Usdc,
+}
+
+impl std::fmt::Debug for SimulatorArgs {
+    /// The accepted keys are counted, never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimulatorArgs")
+            .field("listen", &self.listen)
+            .field(
+                "api_keys",
+                &format_args!("[{} redacted]", self.api_keys.len()),
+            )
+            .field("seed", &self.seed)
+            .field("manual_clock", &self.manual_clock)
+            .field("launch_seconds", &self.launch_seconds)
+            .field("billing_mode", &self.billing_mode)
+            .field("balance", &self.balance)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

@@ -49,6 +49,7 @@ pub struct Limits {
         description = "A budget-keeping gateway in front of the Fluence CPU Cloud API. \
             Authenticate with `Authorization: Bearer <key>`; errors are RFC 9457 problem+json."
     ),
+    components(schemas(crate::error::Problem, crate::error::FieldError)),
     modifiers(&BearerAuth),
     tags(
         (name = "health", description = "Liveness and readiness"),
@@ -71,16 +72,70 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
+/// Documents the errors every secured operation can answer, as problem+json, so that the
+/// document does not list only the happy paths.
+struct ProblemResponses;
+
+impl utoipa::Modify for ProblemResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        let common = [
+            (
+                "401",
+                "no key, or an unknown, wrong, revoked or expired one",
+            ),
+            ("403", "the key's role may not do this"),
+            ("429", "rate limited; see Retry-After"),
+            ("503", "the database cannot answer now; nothing was changed"),
+        ];
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.patch,
+                &mut item.delete,
+            ];
+            for operation in operations.into_iter().flatten() {
+                if operation.security.is_none() {
+                    continue;
+                }
+                for (code, description) in common {
+                    operation
+                        .responses
+                        .responses
+                        .entry(code.to_owned())
+                        .or_insert_with(|| problem(description).into());
+                }
+            }
+        }
+    }
+}
+
 /// Every documented route and the OpenAPI document generated from them, so the two cannot
 /// drift. Tests walk the document to reach every route.
 pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(health::router())
         .merge(teams::router())
         .merge(keys::router())
         .merge(budget::router())
         .merge(audit::router())
-        .split_for_parts()
+        .split_for_parts();
+    // After the merge: the operations exist only now.
+    utoipa::Modify::modify(&ProblemResponses, &mut document);
+    (router, document)
 }
 
 /// The OpenAPI document of the gateway's API.

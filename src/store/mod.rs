@@ -67,9 +67,29 @@ impl Store {
             .connect_with(options)
             .await?;
         let store = Store { pool };
-        MIGRATOR.run(&store.pool).await?;
+        store.migrate().await?;
         store.check_pragmas().await?;
         Ok(store)
+    }
+
+    /// Runs the embedded migrations. sqlx takes no lock for SQLite, so two processes opening a
+    /// new file together (two replicas, or `admin create-key` beside a starting gateway) can
+    /// race: the loser's migration fails and rolls back. It then retries and finds the
+    /// migrations applied by the winner.
+    async fn migrate(&self) -> Result<(), StoreError> {
+        const ATTEMPTS: u64 = 10;
+        let mut attempt = 1;
+        loop {
+            match MIGRATOR.run(&self.pool).await {
+                Ok(()) => return Ok(()),
+                Err(error) if attempt < ATTEMPTS => {
+                    tracing::debug!(%error, attempt, "migration raced another process; retrying");
+                    tokio::time::sleep(Duration::from_millis(50 * attempt)).await;
+                    attempt += 1;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
     }
 
     pub fn pool(&self) -> &SqlitePool {

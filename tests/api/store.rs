@@ -120,3 +120,26 @@ async fn a_database_in_an_unwritable_place_is_a_start_up_error() {
     .await;
     assert!(result.is_err());
 }
+
+#[tokio::test]
+async fn several_processes_opening_a_new_database_at_once_all_succeed() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let opens = (0..6).map(|_| {
+        let url = format!("sqlite://{}", dir.path().join("race.db").display());
+        tokio::spawn(async move {
+            Store::connect(&DatabaseSettings {
+                url,
+                busy_timeout_ms: 5000,
+                max_connections: 2,
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+        })
+    });
+    let opens: Vec<_> = opens.collect();
+    for open in opens {
+        let outcome = open.await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(outcome.is_ok(), "{outcome:?}");
+    }
+}

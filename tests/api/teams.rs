@@ -446,6 +446,12 @@ async fn openapi_and_docs_describe_the_routes() {
         assert!(document.json["paths"][path].is_object(), "{path} missing");
     }
     assert!(document.json["components"]["securitySchemes"]["bearer"].is_object());
+    assert!(document.json["components"]["schemas"]["Problem"].is_object());
+    let refusal = &document.json["paths"]["/v1/teams"]["post"]["responses"]["401"];
+    assert!(
+        refusal["content"]["application/problem+json"].is_object(),
+        "errors are documented as problem+json: {refusal}"
+    );
     let docs = app.get("/docs").await;
     assert_eq!(docs.status(), 200);
     let html = docs.text().await.unwrap_or_default();
