@@ -466,7 +466,7 @@ async fn a_key_over_its_rate_gets_429_with_retry_after() {
     ])
     .await;
     let mut statuses = Vec::new();
-    for _ in 0..6 {
+    for _ in 0..10 {
         let reply = app
             .call(Method::GET, "/v1/teams", Some(ADMIN_TOKEN), None)
             .await;
