@@ -35,6 +35,9 @@ pub struct Settings {
     pub log: LogSettings,
     #[serde(skip)]
     pub secrets: Secrets,
+    /// From `GATEWAY_FAILPOINTS`; honoured only by test builds (see `failpoint`).
+    #[serde(skip)]
+    pub failpoints: crate::failpoint::Failpoints,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,6 +135,10 @@ pub struct JobSettings {
     pub prices_interval_secs: u64,
     pub catalog_interval_secs: u64,
     pub reaper_interval_secs: u64,
+    pub deployer_concurrency: u32,
+    pub reconcile_grace_secs: u64,
+    pub billing_guard_secs: u64,
+    pub idempotency_retention_hours: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,6 +244,10 @@ impl Settings {
         if let Some(token) = &settings.secrets.admin_token {
             check_admin_token(token)?;
         }
+        if let Some(spec) = env.get("GATEWAY_FAILPOINTS") {
+            settings.failpoints = crate::failpoint::Failpoints::parse(spec)
+                .map_err(|e| ConfigError::Invalid(format!("GATEWAY_FAILPOINTS: {e}")))?;
+        }
         settings.validate()?;
         Ok(Loaded { settings, warnings })
     }
@@ -312,6 +323,14 @@ impl Settings {
                 self.jobs.catalog_interval_secs,
             ),
             ("jobs.reaper_interval_secs", self.jobs.reaper_interval_secs),
+            (
+                "jobs.deployer_concurrency",
+                u64::from(self.jobs.deployer_concurrency),
+            ),
+            (
+                "jobs.idempotency_retention_hours",
+                self.jobs.idempotency_retention_hours,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {

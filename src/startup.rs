@@ -36,6 +36,8 @@ pub enum StartupError {
     },
     #[error("server: {0}")]
     Serve(std::io::Error),
+    #[error("recovering deployments: {0}")]
+    Recovery(String),
 }
 
 /// Builds the gateway and serves it on `listener` until `shutdown` resolves, then drains:
@@ -75,7 +77,20 @@ pub async fn run(
         limits: limits.clone(),
         bootstrap: BootstrapToken::new(settings.secrets.admin_token.as_ref()),
         upstream_probe: Arc::default(),
+        jobs: Arc::new(crate::jobs::Jobs::new(&settings.jobs)),
     };
+    // Deployments a previous process was sending have an unknown outcome now; the deployer's
+    // first run (right away) reconciles them and resumes everything else.
+    let recovered = crate::deploy::reconcile::recover(&state)
+        .await
+        .map_err(|e| StartupError::Recovery(e.to_string()))?;
+    if recovered > 0 {
+        tracing::warn!(
+            recovered,
+            "deployments left mid-deploy by a previous run will be reconciled"
+        );
+    }
+    let jobs = crate::jobs::spawn(&state, &background);
     let pruner = tokio::spawn(prune_periodically(
         limits,
         Duration::from_secs(settings.rate_limit.prune_interval_secs),
@@ -126,6 +141,13 @@ pub async fn run(
     // Requests are drained; now background work, then the upstream it may still be using.
     background.cancel();
     let _ = pruner.await;
+    for job in jobs {
+        if tokio::time::timeout(grace, job).await.is_err() {
+            tracing::warn!(
+                "a background job did not stop within the grace period; it resumes at the next start"
+            );
+        }
+    }
     if let Some(task) = simulator_task {
         if tokio::time::timeout(grace, task).await.is_err() {
             tracing::warn!("built-in simulator did not stop within the grace period");

@@ -22,6 +22,7 @@ pub struct AppState {
     /// The last readiness probe of the upstream: when, and its error if it failed. One probe
     /// at a time, shared by every `/readyz` caller meanwhile.
     pub upstream_probe: Arc<tokio::sync::Mutex<Option<ProbeOutcome>>>,
+    pub jobs: Arc<crate::jobs::Jobs>,
 }
 
 /// When the upstream was last probed, and the error if the probe failed.

@@ -2,7 +2,10 @@
 
 pub mod admission;
 pub mod billing;
+pub mod deploy_input;
+pub mod deployment;
 pub mod ids;
+pub mod image;
 pub mod money;
 pub mod period;
 pub mod quota;

@@ -9,9 +9,8 @@ use utoipa_axum::routes;
 
 use super::teams::visible_team;
 use crate::auth::Principal;
-use crate::domain::billing;
+use crate::domain::admission::BudgetSnapshot;
 use crate::domain::money::Usdc;
-use crate::domain::period::BudgetPeriod;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::store::budget;
@@ -51,41 +50,29 @@ pub async fn status_of(
     team: &Team,
     now: DateTime<Utc>,
 ) -> Result<BudgetStatus, ApiError> {
-    let period = BudgetPeriod::monthly(team.period_start_day).map_err(ApiError::internal)?;
-    let (period_start, resets_at) = period.bounds(now);
-    let team_id = team.id.as_str();
-    let spent = budget::spent_between(conn, team_id, period_start, resets_at).await?;
-    let committed = budget::live_vms(conn, team_id)
-        .await?
-        .iter()
-        .try_fold(Usdc::ZERO, |sum, vm| {
-            billing::committed(
-                vm.price_per_epoch,
-                vm.next_billing_at,
-                resets_at,
-                vm.expires_at,
-            )
-            .and_then(|c| sum.checked_add(c))
-        })
-        .ok_or_else(|| ApiError::internal("committed amount overflows"))?;
-    let reserved = budget::reserved(conn, team_id).await?;
-    let available = team
-        .cap
+    let standing = budget::standing(&mut *conn, team, now).await?;
+    let BudgetSnapshot {
+        cap,
+        spent,
+        committed,
+        reserved,
+    } = standing.budget;
+    let available = cap
         .checked_sub(spent)
         .and_then(|a| a.checked_sub(committed))
         .and_then(|a| a.checked_sub(reserved))
         .ok_or_else(|| ApiError::internal("available amount overflows"))?;
     Ok(BudgetStatus {
-        team: team_id.to_owned(),
+        team: team.id.as_str().to_owned(),
         period: "month",
-        period_start,
-        resets_at,
-        cap: team.cap,
+        period_start: standing.period_start,
+        resets_at: standing.resets_at,
+        cap,
         spent,
         committed,
         reserved,
         available,
-        alerts_fired: budget::alerts_fired(conn, team_id, period_start).await?,
+        alerts_fired: budget::alerts_fired(conn, team.id.as_str(), standing.period_start).await?,
     })
 }
 

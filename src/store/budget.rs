@@ -4,8 +4,63 @@
 use chrono::{DateTime, Utc};
 use sqlx::{Row, SqliteConnection};
 
+use super::teams::Team;
 use super::time::{from_db_opt, to_db};
+use crate::domain::admission::BudgetSnapshot;
+use crate::domain::billing;
 use crate::domain::money::Usdc;
+use crate::domain::period::BudgetPeriod;
+
+/// Where a team stands in the period containing `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    pub period_start: DateTime<Utc>,
+    pub resets_at: DateTime<Utc>,
+    pub budget: BudgetSnapshot,
+}
+
+fn overflow(what: &str) -> sqlx::Error {
+    sqlx::Error::Decode(format!("the {what} amount overflows").into())
+}
+
+/// Reads spent, committed and reserved for the team's current period. Call it inside the
+/// transaction whose snapshot the answer must describe (the admission's write transaction, or
+/// one read transaction for a status).
+pub async fn standing(
+    conn: &mut SqliteConnection,
+    team: &Team,
+    now: DateTime<Utc>,
+) -> Result<Standing, sqlx::Error> {
+    let period = BudgetPeriod::monthly(team.period_start_day)
+        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let (period_start, resets_at) = period.bounds(now);
+    let team_id = team.id.as_str();
+    let spent = spent_between(&mut *conn, team_id, period_start, resets_at).await?;
+    let committed = live_vms(&mut *conn, team_id)
+        .await?
+        .iter()
+        .try_fold(Usdc::ZERO, |sum, vm| {
+            billing::committed(
+                vm.price_per_epoch,
+                vm.next_billing_at,
+                resets_at,
+                vm.expires_at,
+            )
+            .and_then(|c| sum.checked_add(c))
+        })
+        .ok_or_else(|| overflow("committed"))?;
+    let reserved = reserved(&mut *conn, team_id).await?;
+    Ok(Standing {
+        period_start,
+        resets_at,
+        budget: BudgetSnapshot {
+            cap: team.cap,
+            spent,
+            committed,
+            reserved,
+        },
+    })
+}
 
 /// A live VM as the commitment rule needs it.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,13 +88,16 @@ pub async fn spent_between(
     Ok(Usdc::from_micros(micros))
 }
 
+/// Live VMs, except those of a deployment whose hold is still open: until the hold settles,
+/// it is what covers them, and counting both would charge the team twice.
 pub async fn live_vms(
     conn: &mut SqliteConnection,
     team_id: &str,
 ) -> Result<Vec<LiveVmCharge>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT price_per_epoch_micros, next_billing_at, expires_at FROM vms \
-         WHERE team_id = ?1 AND deleted_at IS NULL",
+        "SELECT price_per_epoch_micros, next_billing_at, expires_at FROM vms v \
+         WHERE team_id = ?1 AND deleted_at IS NULL AND NOT EXISTS \
+         (SELECT 1 FROM holds h WHERE h.id = v.deployment_id AND h.released_at IS NULL)",
     )
     .bind(team_id)
     .fetch_all(conn)

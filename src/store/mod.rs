@@ -4,10 +4,12 @@
 
 pub mod audit;
 pub mod budget;
+pub mod deployments;
 pub mod keys;
 pub mod meta;
 pub mod teams;
 pub mod time;
+pub mod vms;
 
 use std::path::Path;
 use std::str::FromStr;

@@ -1,0 +1,252 @@
+//! Settling from Fluence's own list: deployments whose deploy answer was lost (`unknown`, or
+//! `deploying` left behind by a crash) are matched by the name the gateway gave their VMs, and
+//! deployed ones have their hold turned into their VMs' commitment once every VM has shown up.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::json;
+
+use super::StepError;
+use super::worker::{audit_step, spec_of};
+use crate::domain::deployment::Status;
+use crate::fluence::types::RunningInstance;
+use crate::state::AppState;
+use crate::store::deployments::{self, Changes, Deployment, NewVm};
+use crate::store::time::now;
+use crate::store::vms::{self, Sighting};
+
+/// Fluence's VMs, grouped by name for matching.
+pub struct Listing {
+    by_name: HashMap<String, Vec<RunningInstance>>,
+}
+
+impl Listing {
+    pub fn new(vms: Vec<RunningInstance>) -> Listing {
+        let mut by_name: HashMap<String, Vec<RunningInstance>> = HashMap::new();
+        for vm in vms {
+            if let Some(name) = vm.vm_name.clone() {
+                by_name.entry(name).or_default().push(vm);
+            }
+        }
+        Listing { by_name }
+    }
+
+    fn named(&self, name: &str) -> &[RunningInstance] {
+        self.by_name.get(name).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// On start: a `deploying` deployment was being sent by a process that is gone, so its outcome
+/// is unknown and only Fluence's list can tell. Idempotent: a second run finds nothing to move.
+pub async fn recover(state: &AppState) -> Result<u64, StepError> {
+    let at = now();
+    let mut tx = state.store.begin_write().await?;
+    let open = deployments::open(&mut tx).await?;
+    let mut moved = 0;
+    for deployment in open.iter().filter(|d| d.status == Status::Deploying) {
+        if deployments::transition(
+            &mut tx,
+            &deployment.id,
+            &[Status::Deploying],
+            Status::Unknown,
+            Changes {
+                unknown_since: Some(at),
+                reason: Some((
+                    "outcome_unknown".into(),
+                    json!({"code": "outcome_unknown",
+                           "message": "the gateway restarted while the deploy was out; Fluence's VM list will settle it"}),
+                )),
+                ..Changes::default()
+            },
+            at,
+        )
+        .await?
+        {
+            audit_step(&mut tx, deployment, "deployment.unknown", json!({"status": "unknown", "cause": "restart"}), at).await?;
+            moved += 1;
+        }
+    }
+    tx.commit().await?;
+    Ok(moved)
+}
+
+/// How long after the deploy call an absent VM still may appear. Never shorter than the
+/// upstream timeout: another process's call may still be out that long.
+fn grace(state: &AppState) -> TimeDelta {
+    let secs = state
+        .settings
+        .jobs
+        .reconcile_grace_secs
+        .max(state.settings.upstream.request_timeout_ms.div_ceil(1000));
+    TimeDelta::seconds(i64::try_from(secs).unwrap_or(i64::MAX))
+}
+
+/// Settles an `unknown` deployment (or a `deploying` one older than any call could be).
+pub async fn settle_unknown(
+    state: &AppState,
+    deployment: &Deployment,
+    listing: &Listing,
+) -> Result<Status, StepError> {
+    let at = now();
+    let since = deployment
+        .unknown_since
+        .or(deployment.forwarded_at)
+        .unwrap_or(deployment.updated_at);
+    let found = listing.named(&deployment.upstream_name);
+    if deployment.status == Status::Deploying && since + grace(state) > at {
+        // Still within the time its own call may take; leave it to that call.
+        return Ok(Status::Deploying);
+    }
+    if !found.is_empty() {
+        adopt(state, deployment, found, at).await?;
+        return Ok(Status::Deployed);
+    }
+    if since + grace(state) > at {
+        return Ok(deployment.status);
+    }
+    let reason = json!({"code": "not_created",
+        "message": "the deploy's answer was lost and none of its VMs appeared in Fluence's list; nothing was created"});
+    super::worker::finish(
+        state,
+        deployment,
+        &[Status::Unknown, Status::Deploying],
+        Status::Failed,
+        "not_created",
+        reason,
+    )
+    .await?;
+    Ok(Status::Failed)
+}
+
+/// Records the VMs found for a deployment and marks it deployed; a partial creation keeps what
+/// exists (the hold settles to those VMs) and says so.
+async fn adopt(
+    state: &AppState,
+    deployment: &Deployment,
+    found: &[RunningInstance],
+    at: DateTime<Utc>,
+) -> Result<(), StepError> {
+    let spec = spec_of(deployment)?;
+    let expires_at = spec
+        .ttl_hours
+        .and_then(|h| at.checked_add_signed(TimeDelta::hours(i64::from(h))));
+    let mut tx = state.store.begin_write().await?;
+    for vm in found {
+        insert_found(&mut tx, deployment, vm, expires_at, at).await?;
+    }
+    let partial = found.len() < deployment.instances as usize;
+    let moved = deployments::transition(
+        &mut tx,
+        &deployment.id,
+        &[Status::Unknown, Status::Deploying],
+        Status::Deployed,
+        Changes {
+            reason: Some(if partial {
+                ("partial".to_owned(), json!({"code": "partial",
+                    "message": format!("reconciled from Fluence's list: {} of {} instances exist", found.len(), deployment.instances)}))
+            } else {
+                ("reconciled".to_owned(), json!({"code": "reconciled",
+                    "message": "the deploy's answer was lost; its VMs were found in Fluence's list"}))
+            }),
+            ..Changes::default()
+        },
+        at,
+    )
+    .await?;
+    if moved {
+        let ids: Vec<String> = found.iter().map(|vm| vm.id.canonical()).collect();
+        audit_step(
+            &mut tx,
+            deployment,
+            "deployment.reconciled",
+            json!({"status": "deployed", "vms": ids}),
+            at,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn insert_found(
+    conn: &mut sqlx::SqliteConnection,
+    deployment: &Deployment,
+    vm: &RunningInstance,
+    expires_at: Option<DateTime<Utc>>,
+    at: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    deployments::insert_vm(
+        conn,
+        &NewVm {
+            id: &vm.id.canonical(),
+            fluence_id: vm.id.as_str(),
+            team_id: &deployment.team_id,
+            deployment_id: &deployment.id,
+            name: &deployment.upstream_name,
+            status: "New",
+            price_per_epoch: vm.price_per_epoch,
+            configuration: &deployment.configuration,
+            resources: deployment.per_vm,
+            expires_at,
+            created_at: at,
+        },
+    )
+    .await
+}
+
+/// A deployed deployment's hold settles once every one of its VMs has been seen in Fluence's
+/// list: their own price, charges and next billing instant then count instead of the hold.
+/// VMs of its name that the deploy answer did not mention are adopted too.
+pub async fn settle_deployed(
+    state: &AppState,
+    deployment: &Deployment,
+    listing: &Listing,
+) -> Result<bool, StepError> {
+    let at = now();
+    let found = listing.named(&deployment.upstream_name);
+    let spec = spec_of(deployment)?;
+    let expires_at = spec.ttl_hours.and_then(|h| {
+        deployment
+            .updated_at
+            .checked_add_signed(TimeDelta::hours(i64::from(h)))
+    });
+    let mut tx = state.store.begin_write().await?;
+    for vm in found {
+        insert_found(&mut tx, deployment, vm, expires_at, at).await?;
+        vms::observe(
+            &mut tx,
+            &vm.id.canonical(),
+            &Sighting {
+                status: vm.status.as_str(),
+                price_per_epoch: vm.price_per_epoch,
+                total_spent: vm.total_spent,
+                reserved_balance: vm.reserved_balance,
+                next_billing_at: vm.next_billing_at,
+            },
+            at,
+        )
+        .await?;
+    }
+    let seen: Vec<String> = found.iter().map(|vm| vm.id.canonical()).collect();
+    let recorded = deployments::vm_ids(&mut tx, &deployment.id).await?;
+    let deleted = deployments::deleted_vm_ids(&mut tx, &deployment.id).await?;
+    let all_seen = recorded
+        .iter()
+        .all(|id| seen.contains(id) || deleted.contains(id));
+    let mut settled = false;
+    if all_seen && deployments::mark_settled(&mut tx, &deployment.id, at).await? {
+        deployments::release_hold(&mut tx, &deployment.id, at).await?;
+        audit_step(
+            &mut tx,
+            deployment,
+            "deployment.settled",
+            json!({"vms": recorded}),
+            at,
+        )
+        .await?;
+        settled = true;
+    }
+    tx.commit().await?;
+    Ok(settled)
+}

@@ -1,0 +1,715 @@
+//! One deployment's way forward, a step at a time: estimate, price check, admission, forward.
+//! Each step starts from what the database says and moves it with a compare-and-set, so a
+//! step interrupted by a crash is simply taken again (before forwarding) or reconciled (after).
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde_json::{Value, json};
+
+use super::{ACTOR, Spec, StepError};
+use crate::domain::admission::{self, Decision, Request};
+use crate::domain::billing::{self, BillingSchedule};
+use crate::domain::deployment::{PriceVerdict, Status, price_verdict};
+use crate::domain::money::Usdc;
+use crate::fluence::FluenceError;
+use crate::fluence::types::Estimate;
+use crate::state::AppState;
+use crate::store::audit::{self, NewAuditEntry};
+use crate::store::budget::{self, Standing};
+use crate::store::deployments::{self, Changes, Deployment, NewVm};
+use crate::store::teams;
+use crate::store::time::now;
+
+/// How often a deploy that provably never left is tried again before it is declared failed.
+const SEND_ATTEMPTS: u32 = 3;
+
+pub fn spec_of(deployment: &Deployment) -> Result<Spec, StepError> {
+    serde_json::from_value(deployment.spec.clone())
+        .map_err(|e| StepError::Spec(deployment.id.clone(), e.to_string()))
+}
+
+/// Takes the deployment as far as it can go now. Returns when it reaches a state that waits
+/// for something (a price, a reconcile, a settlement) or a final one.
+pub async fn advance(state: &AppState, mut deployment: Deployment) -> Result<Status, StepError> {
+    loop {
+        let next = match deployment.status {
+            Status::Queued => {
+                let moved = move_to(
+                    state,
+                    &deployment,
+                    &[Status::Queued],
+                    Status::Estimating,
+                    Changes::default(),
+                )
+                .await?;
+                if !moved {
+                    return Ok(deployment.status);
+                }
+                Status::Estimating
+            }
+            Status::WaitingForPrice => {
+                let at = now();
+                let spec = spec_of(&deployment)?;
+                if spec.start_before.is_some_and(|deadline| at >= deadline) {
+                    expire(state, &deployment).await?;
+                    return Ok(Status::Expired);
+                }
+                if deployment.next_check_at.is_some_and(|next| next > at) {
+                    return Ok(Status::WaitingForPrice);
+                }
+                let moved = move_to(
+                    state,
+                    &deployment,
+                    &[Status::WaitingForPrice],
+                    Status::Estimating,
+                    Changes {
+                        next_check_at: Some(None),
+                        ..Changes::default()
+                    },
+                )
+                .await?;
+                if !moved {
+                    return Ok(deployment.status);
+                }
+                Status::Estimating
+            }
+            Status::Estimating => estimate_and_admit(state, &deployment).await?,
+            Status::Admitted => forward(state, &deployment).await?,
+            other => return Ok(other),
+        };
+        if next == deployment.status || next.is_final() || next == Status::Unknown {
+            return Ok(next);
+        }
+        // Re-read: the step may have written fields (estimate, hold) the next one needs.
+        let mut conn = state.store.pool().acquire().await?;
+        match deployments::get(&mut conn, &deployment.id).await? {
+            Some(fresh) => deployment = fresh,
+            None => return Ok(next),
+        }
+    }
+}
+
+/// A compare-and-set in its own write transaction.
+async fn move_to(
+    state: &AppState,
+    deployment: &Deployment,
+    from: &[Status],
+    to: Status,
+    changes: Changes,
+) -> Result<bool, StepError> {
+    let mut tx = state.store.begin_write().await?;
+    let moved = deployments::transition(&mut tx, &deployment.id, from, to, changes, now()).await?;
+    tx.commit().await?;
+    Ok(moved)
+}
+
+/// Records the audit entry of a pipeline step.
+pub(crate) async fn audit_step(
+    conn: &mut sqlx::SqliteConnection,
+    deployment: &Deployment,
+    action: &str,
+    after: Value,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    audit::record(
+        conn,
+        NewAuditEntry {
+            actor: ACTOR,
+            actor_role: "system",
+            action,
+            target_type: "deployment",
+            target_id: &deployment.id,
+            team_id: Some(&deployment.team_id),
+            before: None,
+            after: Some(after),
+            request_id: None,
+        },
+        at,
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Ends a deployment before forwarding, with a reason. Releases its hold if it had one.
+pub(crate) async fn finish(
+    state: &AppState,
+    deployment: &Deployment,
+    from: &[Status],
+    to: Status,
+    code: &str,
+    reason: Value,
+) -> Result<bool, StepError> {
+    let at = now();
+    let mut tx = state.store.begin_write().await?;
+    let moved = deployments::transition(
+        &mut tx,
+        &deployment.id,
+        from,
+        to,
+        Changes {
+            reason: Some((code.to_owned(), reason.clone())),
+            settled_at: Some(at),
+            ..Changes::default()
+        },
+        at,
+    )
+    .await?;
+    if moved {
+        deployments::release_hold(&mut tx, &deployment.id, at).await?;
+        audit_step(
+            &mut tx,
+            deployment,
+            &format!("deployment.{to}"),
+            json!({"status": to, "reason_code": code, "reason": reason}),
+            at,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(moved)
+}
+
+async fn expire(state: &AppState, deployment: &Deployment) -> Result<bool, StepError> {
+    finish(
+        state,
+        deployment,
+        &[Status::WaitingForPrice, Status::Estimating],
+        Status::Expired,
+        "start_before_passed",
+        json!({"code": "start_before_passed",
+               "message": "no offer within max_price_per_epoch appeared before start_before"}),
+    )
+    .await
+}
+
+/// The epochs to hold a new deployment for. The gateway cannot see which billing calendar the
+/// account is on (per-instance, or the daily 17:55 UTC charge of the 2025 documentation), so
+/// it holds for whichever needs more; the excess is released when the VMs settle.
+pub fn hold_epochs(
+    at: DateTime<Utc>,
+    resets_at: DateTime<Utc>,
+    ttl_hours: Option<u32>,
+    guard: TimeDelta,
+) -> i64 {
+    let ttl_end = ttl_hours.and_then(|h| at.checked_add_signed(TimeDelta::hours(i64::from(h))));
+    let daily = chrono::NaiveTime::from_hms_opt(17, 55, 0)
+        .map(|time| {
+            billing::deployment_epochs_on(
+                BillingSchedule::DailyAt(time),
+                at,
+                resets_at,
+                ttl_end,
+                guard,
+            )
+        })
+        .unwrap_or(0);
+    let per_instance =
+        billing::deployment_epochs_on(BillingSchedule::PerInstance, at, resets_at, ttl_end, guard);
+    daily.max(per_instance)
+}
+
+/// The admission rule's view of a deployment, and its decision against `standing`.
+pub fn decide(
+    spec: &Spec,
+    deployment: &Deployment,
+    quotas: &crate::domain::quota::Quotas,
+    standing: &Standing,
+    usage: &crate::domain::quota::Usage,
+    price_per_vm: Usdc,
+    epochs: i64,
+) -> Decision {
+    admission::decide(
+        &standing.budget,
+        quotas,
+        usage,
+        &Request {
+            instances: u64::from(deployment.instances),
+            configuration: &deployment.configuration,
+            resources_per_vm: deployment.per_vm,
+            countries: &spec.countries,
+            max_price_per_epoch_per_vm: price_per_vm,
+            epochs,
+        },
+    )
+}
+
+/// The refusals of a decision as the API shows them.
+pub fn refusals_json(decision: &Decision) -> Vec<Value> {
+    decision
+        .refusals
+        .iter()
+        .map(|r| json!({"code": r.code(), "quota": r.quota(), "message": r.to_string()}))
+        .collect()
+}
+
+pub fn estimate_json(estimate: &Estimate) -> Value {
+    json!({
+        "instances": estimate.instances,
+        "max_price_per_epoch": estimate.max_price_per_epoch.to_string(),
+        "total_price_per_epoch": estimate.total_price_per_epoch.to_string(),
+        "deposit_amount": estimate.deposit_amount_usdc.to_string(),
+        "deposit_epochs": estimate.deposit_epochs,
+    })
+}
+
+/// Why an estimate could not be had, for a deployment's `reason`: Fluence's body is never passed
+/// through (it may echo internals), only what the status means.
+pub fn upstream_refusal(error: &FluenceError) -> (String, Value) {
+    let (code, message) = match error.status() {
+        Some(422) | Some(404) => (
+            "no_offer",
+            "no Fluence offer matches the configuration, countries and price ceiling",
+        ),
+        Some(400) => (
+            "upstream_rejected",
+            "Fluence refused the request as invalid",
+        ),
+        Some(401) | Some(403) => (
+            "upstream_unauthorized",
+            "the gateway's Fluence key was refused",
+        ),
+        Some(402) => (
+            "upstream_insufficient_funds",
+            "the Fluence account cannot pay for it",
+        ),
+        _ => ("upstream_rejected", "Fluence refused the request"),
+    };
+    (
+        code.to_owned(),
+        json!({"code": code, "message": message, "upstream_status": error.status()}),
+    )
+}
+
+/// `estimating -> admitted | waiting_for_price | rejected | expired`.
+async fn estimate_and_admit(
+    state: &AppState,
+    deployment: &Deployment,
+) -> Result<Status, StepError> {
+    let spec = spec_of(deployment)?;
+    let estimate = match state.fluence.estimate(&spec.estimate_request()).await {
+        Ok(estimate) => estimate,
+        Err(error) if error.is_definite_rejection() && error.status() != Some(429) => {
+            let (code, reason) = upstream_refusal(&error);
+            finish(
+                state,
+                deployment,
+                &[Status::Estimating],
+                Status::Rejected,
+                &code,
+                reason,
+            )
+            .await?;
+            return Ok(Status::Rejected);
+        }
+        // Fluence is unreachable or busy: the deployment stays where it is, nothing is held,
+        // and the next tick asks again.
+        Err(error) => return Err(error.into()),
+    };
+    let at = now();
+    let price = estimate.max_price_per_epoch;
+    let may_wait = spec.start_before.is_some_and(|deadline| at < deadline);
+    match price_verdict(
+        price.micros(),
+        spec.max_price_per_epoch.map(Usdc::micros),
+        may_wait,
+    ) {
+        PriceVerdict::Proceed => {}
+        PriceVerdict::Wait => {
+            let limit = spec.max_price_per_epoch.unwrap_or(Usdc::ZERO);
+            let reason = json!({"code": "price_above_limit",
+                "message": format!("best offer {price} USDC per VM per epoch is above max_price_per_epoch {limit}; waiting until start_before"),
+                "price": price.to_string(), "limit": limit.to_string()});
+            let interval = TimeDelta::seconds(
+                i64::try_from(state.settings.jobs.deployer_interval_secs).unwrap_or(60),
+            );
+            move_to(
+                state,
+                deployment,
+                &[Status::Estimating],
+                Status::WaitingForPrice,
+                Changes {
+                    estimate: Some(estimate_json(&estimate)),
+                    reason: Some(("price_above_limit".into(), reason)),
+                    next_check_at: Some(Some(at + interval)),
+                    ..Changes::default()
+                },
+            )
+            .await?;
+            return Ok(Status::WaitingForPrice);
+        }
+        PriceVerdict::TooExpensive => {
+            if spec.start_before.is_some() {
+                expire(state, deployment).await?;
+                return Ok(Status::Expired);
+            }
+            let limit = spec.max_price_per_epoch.unwrap_or(Usdc::ZERO);
+            let over = price.saturating_sub(limit);
+            let reason = json!({"code": "price_above_limit",
+                "message": format!("best offer {price} USDC per VM per epoch is above max_price_per_epoch {limit} by {over}"),
+                "price": price.to_string(), "limit": limit.to_string()});
+            finish(
+                state,
+                deployment,
+                &[Status::Estimating],
+                Status::Rejected,
+                "price_above_limit",
+                reason,
+            )
+            .await?;
+            return Ok(Status::Rejected);
+        }
+    }
+    admit(state, deployment, &spec, &estimate).await
+}
+
+/// The admission: budget, quotas and the hold in one `BEGIN IMMEDIATE` transaction, so that
+/// concurrent deployments of a team serialise on the database and never admit more than fits.
+async fn admit(
+    state: &AppState,
+    deployment: &Deployment,
+    spec: &Spec,
+    estimate: &Estimate,
+) -> Result<Status, StepError> {
+    let guard = TimeDelta::seconds(
+        i64::try_from(state.settings.jobs.billing_guard_secs).unwrap_or(i64::MAX),
+    );
+    let price = estimate.max_price_per_epoch;
+    // The seeded race of the test builds: decide on a snapshot read outside the write
+    // transaction, then write later. The C1 test must catch it.
+    let check_then_act = state.settings.failpoints.is_set("admission.check_then_act");
+    let mut early: Option<(Decision, i64)> = None;
+    if check_then_act {
+        let mut read = state.store.pool().begin().await?;
+        early = decision_in(&mut read, deployment, spec, price, guard).await?;
+        read.rollback().await?;
+        state
+            .settings
+            .failpoints
+            .hit("admission.check_then_act")
+            .await;
+    }
+    let at = now();
+    let mut tx = state.store.begin_write().await?;
+    let decided = match early {
+        Some(decided) => Some(decided),
+        None => decision_in(&mut tx, deployment, spec, price, guard).await?,
+    };
+    let Some((decision, epochs)) = decided else {
+        drop(tx);
+        let reason = json!({"code": "team_deleted", "message": "the team was deleted"});
+        finish(
+            state,
+            deployment,
+            &[Status::Estimating],
+            Status::Rejected,
+            "team_deleted",
+            reason,
+        )
+        .await?;
+        return Ok(Status::Rejected);
+    };
+    if decision.admitted() {
+        let moved = deployments::transition(
+            &mut tx,
+            &deployment.id,
+            &[Status::Estimating],
+            Status::Admitted,
+            Changes {
+                estimate: Some(estimate_json(estimate)),
+                max_price: Some(price),
+                commitment: Some(decision.commitment),
+                epochs: Some(epochs),
+                ..Changes::default()
+            },
+            at,
+        )
+        .await?;
+        if !moved {
+            // Cancelled (or taken by another worker) meanwhile: nothing is held.
+            return Ok(Status::Estimating);
+        }
+        deployments::insert_hold(
+            &mut tx,
+            &deployment.id,
+            &deployment.team_id,
+            decision.commitment,
+            at,
+        )
+        .await?;
+        audit_step(
+            &mut tx,
+            deployment,
+            "deployment.admit",
+            json!({"status": "admitted", "commitment": decision.commitment.to_string(),
+                   "max_price_per_epoch": price.to_string(), "epochs": epochs}),
+            at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Status::Admitted)
+    } else {
+        let refusals = refusals_json(&decision);
+        let code = decision
+            .refusals
+            .first()
+            .map_or("rejected", |r| r.code())
+            .to_owned();
+        let message = decision
+            .refusals
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        let reason = json!({"code": code, "message": message, "refusals": refusals,
+                            "commitment": decision.commitment.to_string()});
+        let moved = deployments::transition(
+            &mut tx,
+            &deployment.id,
+            &[Status::Estimating],
+            Status::Rejected,
+            Changes {
+                estimate: Some(estimate_json(estimate)),
+                max_price: Some(price),
+                epochs: Some(epochs),
+                reason: Some((code.clone(), reason.clone())),
+                settled_at: Some(at),
+                ..Changes::default()
+            },
+            at,
+        )
+        .await?;
+        if moved {
+            audit_step(
+                &mut tx,
+                deployment,
+                "deployment.rejected",
+                json!({"status": "rejected", "reason_code": code, "reason": reason}),
+                at,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Status::Rejected)
+    }
+}
+
+/// Reads what the admission rule needs inside `conn`'s transaction and decides; `None` when the
+/// team is gone.
+async fn decision_in(
+    conn: &mut sqlx::SqliteConnection,
+    deployment: &Deployment,
+    spec: &Spec,
+    price: Usdc,
+    guard: TimeDelta,
+) -> Result<Option<(Decision, i64)>, StepError> {
+    let Some(team) = teams::get(&mut *conn, &deployment.team_id).await? else {
+        return Ok(None);
+    };
+    let at = now();
+    let standing = budget::standing(&mut *conn, &team, at).await?;
+    let usage = deployments::usage(&mut *conn, &deployment.team_id).await?;
+    let epochs = hold_epochs(at, standing.resets_at, spec.ttl_hours, guard);
+    let decision = decide(
+        spec,
+        deployment,
+        &team.quotas,
+        &standing,
+        &usage,
+        price,
+        epochs,
+    );
+    Ok(Some((decision, epochs)))
+}
+
+/// `admitted -> deploying -> deployed | failed | unknown`: the one deploy call.
+async fn forward(state: &AppState, deployment: &Deployment) -> Result<Status, StepError> {
+    let spec = spec_of(deployment)?;
+    let Some(ceiling) = deployment.max_price else {
+        return Err(StepError::Spec(
+            deployment.id.clone(),
+            "admitted without a price ceiling".into(),
+        ));
+    };
+    let request = spec.create_request(&deployment.upstream_name, ceiling);
+    let fp = &state.settings.failpoints;
+    for attempt in 1..=SEND_ATTEMPTS {
+        // The intent, durable before anything leaves: from here a crash is reconciled.
+        let sent_at = now();
+        let mut tx = state.store.begin_write().await?;
+        let moved = deployments::transition(
+            &mut tx,
+            &deployment.id,
+            &[Status::Admitted],
+            Status::Deploying,
+            Changes {
+                forwarded_at: Some(sent_at),
+                ..Changes::default()
+            },
+            sent_at,
+        )
+        .await?;
+        if !moved {
+            return Ok(Status::Admitted);
+        }
+        audit_step(
+            &mut tx,
+            deployment,
+            "deployment.forward",
+            json!({"status": "deploying", "upstream_name": deployment.upstream_name,
+                   "max_total_price_per_epoch_usd": ceiling.to_string(), "attempt": attempt}),
+            sent_at,
+        )
+        .await?;
+        tx.commit().await?;
+        fp.hit("deploy.before_send").await;
+
+        let answer = state.fluence.deploy(&request).await;
+        fp.hit("deploy.after_response").await;
+        match answer {
+            Ok(created) if !created.is_empty() => {
+                let at = now();
+                let mut tx = state.store.begin_write().await?;
+                let expires_at = spec
+                    .ttl_hours
+                    .and_then(|h| at.checked_add_signed(TimeDelta::hours(i64::from(h))));
+                for vm in &created {
+                    deployments::insert_vm(
+                        &mut tx,
+                        &NewVm {
+                            id: &vm.vm_id.canonical(),
+                            fluence_id: vm.vm_id.as_str(),
+                            team_id: &deployment.team_id,
+                            deployment_id: &deployment.id,
+                            name: &deployment.upstream_name,
+                            status: "New",
+                            price_per_epoch: ceiling,
+                            configuration: &deployment.configuration,
+                            resources: deployment.per_vm,
+                            expires_at,
+                            created_at: at,
+                        },
+                    )
+                    .await?;
+                }
+                let partial = created.len() < spec.instances as usize;
+                let moved = deployments::transition(
+                    &mut tx,
+                    &deployment.id,
+                    &[Status::Deploying, Status::Unknown],
+                    Status::Deployed,
+                    Changes {
+                        reason: partial.then(|| {
+                            ("partial".to_owned(), json!({"code": "partial",
+                                "message": format!("Fluence created {} of {} instances", created.len(), spec.instances)}))
+                        }),
+                        ..Changes::default()
+                    },
+                    at,
+                )
+                .await?;
+                if moved {
+                    let ids: Vec<String> = created.iter().map(|vm| vm.vm_id.canonical()).collect();
+                    audit_step(
+                        &mut tx,
+                        deployment,
+                        "deployment.deployed",
+                        json!({"status": "deployed", "vms": ids}),
+                        at,
+                    )
+                    .await?;
+                }
+                tx.commit().await?;
+                fp.hit("deploy.after_commit").await;
+                return Ok(Status::Deployed);
+            }
+            // A success without VMs, or an answer that may hide a success: Fluence's list
+            // decides, never a second POST.
+            Ok(_) => return mark_unknown(state, deployment).await,
+            Err(error) if error.is_ambiguous() => {
+                tracing::warn!(deployment = %deployment.id, %error, "deploy outcome unknown; reconciling");
+                return mark_unknown(state, deployment).await;
+            }
+            Err(error) if not_sent(&error) && attempt < SEND_ATTEMPTS => {
+                // Provably not acted on: put it back and try again shortly.
+                tracing::warn!(deployment = %deployment.id, %error, attempt, "deploy not sent; retrying");
+                move_to(
+                    state,
+                    deployment,
+                    &[Status::Deploying],
+                    Status::Admitted,
+                    Changes::default(),
+                )
+                .await?;
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+            Err(error) => {
+                let (code, reason) = if not_sent(&error) {
+                    (
+                        "upstream_unavailable".to_owned(),
+                        json!({"code": "upstream_unavailable",
+                               "message": "Fluence could not be reached; nothing was created"}),
+                    )
+                } else {
+                    upstream_refusal(&error)
+                };
+                finish(
+                    state,
+                    deployment,
+                    &[Status::Deploying],
+                    Status::Failed,
+                    &code,
+                    reason,
+                )
+                .await?;
+                return Ok(Status::Failed);
+            }
+        }
+    }
+    Ok(Status::Admitted)
+}
+
+/// The request provably had no effect: it never left, or Fluence asked to slow down.
+fn not_sent(error: &FluenceError) -> bool {
+    matches!(
+        error,
+        FluenceError::Transport {
+            may_have_been_sent: false,
+            ..
+        }
+    ) || error.status() == Some(429)
+}
+
+async fn mark_unknown(state: &AppState, deployment: &Deployment) -> Result<Status, StepError> {
+    let at = now();
+    let mut tx = state.store.begin_write().await?;
+    let moved = deployments::transition(
+        &mut tx,
+        &deployment.id,
+        &[Status::Deploying],
+        Status::Unknown,
+        Changes {
+            unknown_since: Some(at),
+            reason: Some((
+                "outcome_unknown".into(),
+                json!({"code": "outcome_unknown",
+                       "message": "Fluence's answer to the deploy was lost; its VM list will settle it"}),
+            )),
+            ..Changes::default()
+        },
+        at,
+    )
+    .await?;
+    if moved {
+        audit_step(
+            &mut tx,
+            deployment,
+            "deployment.unknown",
+            json!({"status": "unknown"}),
+            at,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(Status::Unknown)
+}

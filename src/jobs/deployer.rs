@@ -1,0 +1,99 @@
+//! The deploy worker's run: advance every deployment that can move (a bounded number at once),
+//! then settle what only Fluence's list can settle.
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::deploy::reconcile::{self, Listing};
+use crate::deploy::worker;
+use crate::domain::deployment::Status;
+use crate::state::AppState;
+use crate::store::deployments;
+
+pub async fn run(state: &AppState) -> Result<String, String> {
+    let open = list_open(state).await?;
+    let movable: Vec<_> = open
+        .into_iter()
+        .filter(|d| d.status.is_before_forwarding())
+        .collect();
+    let advanced = movable.len();
+    let permits = Arc::new(Semaphore::new(
+        state.settings.jobs.deployer_concurrency.max(1) as usize,
+    ));
+    let mut tasks = JoinSet::new();
+    for deployment in movable {
+        let state = state.clone();
+        let permits = permits.clone();
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let id = deployment.id.clone();
+            (id, worker::advance(&state, deployment).await)
+        });
+    }
+    let mut errors = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((_, Ok(_))) => {}
+            Ok((id, Err(error))) => errors.push(format!("{id}: {error}")),
+            Err(panic) => errors.push(format!("a deployment step panicked: {panic}")),
+        }
+    }
+
+    // What is left needs Fluence's list: answers lost, and holds not yet settled.
+    let open = list_open(state).await?;
+    let pending: Vec<_> = open
+        .into_iter()
+        .filter(|d| {
+            matches!(
+                d.status,
+                Status::Unknown | Status::Deploying | Status::Deployed
+            )
+        })
+        .collect();
+    let (mut reconciled, mut settled) = (0, 0);
+    if !pending.is_empty() {
+        match state.fluence.list_vms().await {
+            Ok(vms) => {
+                let listing = Listing::new(vms);
+                for deployment in &pending {
+                    let outcome = if deployment.status == Status::Deployed {
+                        reconcile::settle_deployed(state, deployment, &listing)
+                            .await
+                            .map(|done| settled += usize::from(done))
+                    } else {
+                        reconcile::settle_unknown(state, deployment, &listing)
+                            .await
+                            .map(|status| reconciled += usize::from(status != deployment.status))
+                    };
+                    if let Err(error) = outcome {
+                        errors.push(format!("{}: {error}", deployment.id));
+                    }
+                }
+            }
+            Err(error) => errors.push(format!("listing Fluence's VMs: {error}")),
+        }
+    }
+    let summary = format!(
+        "{advanced} advanced, {reconciled} reconciled, {settled} settled, {} waiting on Fluence",
+        pending.len() - reconciled - settled
+    );
+    if errors.is_empty() {
+        Ok(summary)
+    } else {
+        Err(format!("{summary}; {}", errors.join("; ")))
+    }
+}
+
+async fn list_open(state: &AppState) -> Result<Vec<deployments::Deployment>, String> {
+    let mut conn = state
+        .store
+        .pool()
+        .acquire()
+        .await
+        .map_err(|e| format!("database: {e}"))?;
+    deployments::open(&mut conn)
+        .await
+        .map_err(|e| format!("database: {e}"))
+}

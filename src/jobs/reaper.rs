@@ -1,0 +1,61 @@
+//! The TTL reaper: deletes VMs whose `expires_at` has passed, upstream first, then in the
+//! inventory (which releases their commitment), each deletion audited.
+
+use serde_json::json;
+
+use crate::domain::ids::VmId;
+use crate::state::AppState;
+use crate::store::audit::{self, NewAuditEntry};
+use crate::store::time::now;
+use crate::store::vms;
+
+/// At most this many VMs per run, so a backlog is worked off in bounded calls.
+const BATCH: u32 = 100;
+
+pub async fn run(state: &AppState) -> Result<String, String> {
+    let db = |e: sqlx::Error| format!("database: {e}");
+    let expired = {
+        let mut conn = state.store.pool().acquire().await.map_err(db)?;
+        vms::expired(&mut conn, now(), BATCH).await.map_err(db)?
+    };
+    if expired.is_empty() {
+        return Ok("no VM past its TTL".into());
+    }
+    let ids: Vec<VmId> = expired
+        .iter()
+        .map(|(_, _, fluence_id)| VmId::new(fluence_id.clone()))
+        .collect();
+    // Upstream first: a VM marked deleted here but alive at Fluence would be billed unseen.
+    state
+        .fluence
+        .delete_vms(&ids)
+        .await
+        .map_err(|e| format!("deleting {} expired VMs: {e}", ids.len()))?;
+    let at = now();
+    let mut tx = state.store.begin_write().await.map_err(|e| e.to_string())?;
+    let mut deleted = 0;
+    for (id, team, _) in &expired {
+        if vms::mark_deleted(&mut tx, id, at).await.map_err(db)? {
+            deleted += 1;
+            audit::record(
+                &mut tx,
+                NewAuditEntry {
+                    actor: "job:reaper",
+                    actor_role: "system",
+                    action: "vm.delete",
+                    target_type: "vm",
+                    target_id: id,
+                    team_id: team.as_deref(),
+                    before: None,
+                    after: Some(json!({"status": "Deleted", "cause": "ttl_expired"})),
+                    request_id: None,
+                },
+                at,
+            )
+            .await
+            .map_err(db)?;
+        }
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(format!("{deleted} VMs past their TTL deleted"))
+}

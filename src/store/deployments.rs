@@ -1,0 +1,445 @@
+//! Deployments, their holds, and the VMs they produce. Every status change is a
+//! compare-and-set on the status it expects, so concurrent workers, a cancel racing the worker,
+//! or two processes on one database can never both take the same step.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
+
+use super::time::{from_db, from_db_opt, to_db};
+use crate::domain::deployment::Status;
+use crate::domain::money::Usdc;
+use crate::domain::quota::{Resources, Usage};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deployment {
+    pub id: String,
+    pub team_id: String,
+    pub name: String,
+    pub upstream_name: String,
+    pub status: Status,
+    /// The validated request, as JSON (`deploy::Spec`).
+    pub spec: Value,
+    pub instances: u32,
+    pub configuration: String,
+    pub per_vm: Resources,
+    pub estimate: Option<Value>,
+    pub max_price: Option<Usdc>,
+    pub commitment: Option<Usdc>,
+    pub epochs: Option<i64>,
+    pub reason_code: Option<String>,
+    pub reason: Option<Value>,
+    pub idempotency_key: Option<String>,
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub forwarded_at: Option<DateTime<Utc>>,
+    pub unknown_since: Option<DateTime<Utc>>,
+    pub settled_at: Option<DateTime<Utc>>,
+    pub next_check_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str = "id, team_id, name, upstream_name, status, spec, instances, configuration, \
+    vcpus, ram_gib, storage_gib, estimate, max_price_micros, commitment_micros, epochs, \
+    reason_code, reason, idempotency_key, created_by, created_at, updated_at, forwarded_at, \
+    unknown_since, settled_at, next_check_at";
+
+fn json(text: Option<String>) -> Result<Option<Value>, sqlx::Error> {
+    text.map(|t| serde_json::from_str(&t).map_err(|e| sqlx::Error::Decode(Box::new(e))))
+        .transpose()
+}
+
+fn count<T: TryFrom<i64>>(row: &sqlx::sqlite::SqliteRow, column: &str) -> Result<T, sqlx::Error>
+where
+    T::Error: std::error::Error + Send + Sync + 'static,
+{
+    let value: i64 = row.try_get(column)?;
+    T::try_from(value).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}
+
+fn decode(row: &sqlx::sqlite::SqliteRow) -> Result<Deployment, sqlx::Error> {
+    let status: String = row.try_get("status")?;
+    let spec: String = row.try_get("spec")?;
+    let created_at: String = row.try_get("created_at")?;
+    let updated_at: String = row.try_get("updated_at")?;
+    Ok(Deployment {
+        id: row.try_get("id")?,
+        team_id: row.try_get("team_id")?,
+        name: row.try_get("name")?,
+        upstream_name: row.try_get("upstream_name")?,
+        status: status
+            .parse()
+            .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+        spec: serde_json::from_str(&spec).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        instances: count(row, "instances")?,
+        configuration: row.try_get("configuration")?,
+        per_vm: Resources {
+            vcpus: count(row, "vcpus")?,
+            ram_gib: count(row, "ram_gib")?,
+            storage_gib: count(row, "storage_gib")?,
+        },
+        estimate: json(row.try_get("estimate")?)?,
+        max_price: row
+            .try_get::<Option<i64>, _>("max_price_micros")?
+            .map(Usdc::from_micros),
+        commitment: row
+            .try_get::<Option<i64>, _>("commitment_micros")?
+            .map(Usdc::from_micros),
+        epochs: row.try_get("epochs")?,
+        reason_code: row.try_get("reason_code")?,
+        reason: json(row.try_get("reason")?)?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        created_by: row.try_get("created_by")?,
+        created_at: from_db(&created_at)?,
+        updated_at: from_db(&updated_at)?,
+        forwarded_at: from_db_opt(row.try_get("forwarded_at")?)?,
+        unknown_since: from_db_opt(row.try_get("unknown_since")?)?,
+        settled_at: from_db_opt(row.try_get("settled_at")?)?,
+        next_check_at: from_db_opt(row.try_get("next_check_at")?)?,
+    })
+}
+
+fn micros(amount: Option<Usdc>) -> Option<i64> {
+    amount.map(Usdc::micros)
+}
+
+pub async fn insert(conn: &mut SqliteConnection, d: &Deployment) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "INSERT INTO deployments ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
+         ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)"
+    ))
+    .bind(&d.id)
+    .bind(&d.team_id)
+    .bind(&d.name)
+    .bind(&d.upstream_name)
+    .bind(d.status.as_str())
+    .bind(d.spec.to_string())
+    .bind(i64::from(d.instances))
+    .bind(&d.configuration)
+    .bind(i64::try_from(d.per_vm.vcpus).unwrap_or(i64::MAX))
+    .bind(i64::try_from(d.per_vm.ram_gib).unwrap_or(i64::MAX))
+    .bind(i64::try_from(d.per_vm.storage_gib).unwrap_or(i64::MAX))
+    .bind(d.estimate.as_ref().map(Value::to_string))
+    .bind(micros(d.max_price))
+    .bind(micros(d.commitment))
+    .bind(d.epochs)
+    .bind(&d.reason_code)
+    .bind(d.reason.as_ref().map(Value::to_string))
+    .bind(&d.idempotency_key)
+    .bind(&d.created_by)
+    .bind(to_db(d.created_at))
+    .bind(to_db(d.updated_at))
+    .bind(d.forwarded_at.map(to_db))
+    .bind(d.unknown_since.map(to_db))
+    .bind(d.settled_at.map(to_db))
+    .bind(d.next_check_at.map(to_db))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn get(conn: &mut SqliteConnection, id: &str) -> Result<Option<Deployment>, sqlx::Error> {
+    sqlx::query(&format!("SELECT {COLUMNS} FROM deployments WHERE id = ?1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?
+        .as_ref()
+        .map(decode)
+        .transpose()
+}
+
+/// The team's deployment made with this `Idempotency-Key` since `since`, if any.
+pub async fn by_idempotency_key(
+    conn: &mut SqliteConnection,
+    team_id: &str,
+    key: &str,
+    since: DateTime<Utc>,
+) -> Result<Option<Deployment>, sqlx::Error> {
+    sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM deployments WHERE team_id = ?1 AND idempotency_key = ?2 \
+         AND created_at >= ?3 ORDER BY id DESC LIMIT 1"
+    ))
+    .bind(team_id)
+    .bind(key)
+    .bind(to_db(since))
+    .fetch_optional(conn)
+    .await?
+    .as_ref()
+    .map(decode)
+    .transpose()
+}
+
+/// Newest first, after `cursor` (an id), optionally for one team and one status.
+pub async fn list(
+    conn: &mut SqliteConnection,
+    team_id: Option<&str>,
+    status: Option<Status>,
+    cursor: Option<&str>,
+    limit: u32,
+) -> Result<Vec<Deployment>, sqlx::Error> {
+    let mut query: QueryBuilder<'_, Sqlite> =
+        QueryBuilder::new(format!("SELECT {COLUMNS} FROM deployments WHERE 1 = 1"));
+    if let Some(team) = team_id {
+        query.push(" AND team_id = ").push_bind(team);
+    }
+    if let Some(status) = status {
+        query.push(" AND status = ").push_bind(status.as_str());
+    }
+    if let Some(cursor) = cursor {
+        query.push(" AND id < ").push_bind(cursor);
+    }
+    query
+        .push(" ORDER BY id DESC LIMIT ")
+        .push_bind(i64::from(limit));
+    query
+        .build()
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(decode)
+        .collect()
+}
+
+/// Deployments the worker still has something to do for: every non-final status, and deployed
+/// ones whose hold has not settled into their VMs yet. Oldest first.
+pub async fn open(conn: &mut SqliteConnection) -> Result<Vec<Deployment>, sqlx::Error> {
+    sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM deployments WHERE status IN ('queued', 'estimating', \
+         'waiting_for_price', 'admitted', 'deploying', 'unknown') \
+         OR (status = 'deployed' AND settled_at IS NULL) ORDER BY id"
+    ))
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(decode)
+    .collect()
+}
+
+/// The fields a transition may set besides the status; `None` leaves a column as it is.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    pub estimate: Option<Value>,
+    pub max_price: Option<Usdc>,
+    pub commitment: Option<Usdc>,
+    pub epochs: Option<i64>,
+    pub reason: Option<(String, Value)>,
+    pub forwarded_at: Option<DateTime<Utc>>,
+    pub unknown_since: Option<DateTime<Utc>>,
+    pub settled_at: Option<DateTime<Utc>>,
+    /// `Some(None)` clears it.
+    pub next_check_at: Option<Option<DateTime<Utc>>>,
+}
+
+/// Moves a deployment to `to` if its status is one of `from`; false if it was not (someone
+/// else moved it first).
+pub async fn transition(
+    conn: &mut SqliteConnection,
+    id: &str,
+    from: &[Status],
+    to: Status,
+    changes: Changes,
+    at: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new("UPDATE deployments SET status = ");
+    query.push_bind(to.as_str());
+    query.push(", updated_at = ").push_bind(to_db(at));
+    if let Some(estimate) = changes.estimate {
+        query.push(", estimate = ").push_bind(estimate.to_string());
+    }
+    if let Some(price) = changes.max_price {
+        query
+            .push(", max_price_micros = ")
+            .push_bind(price.micros());
+    }
+    if let Some(commitment) = changes.commitment {
+        query
+            .push(", commitment_micros = ")
+            .push_bind(commitment.micros());
+    }
+    if let Some(epochs) = changes.epochs {
+        query.push(", epochs = ").push_bind(epochs);
+    }
+    if let Some((code, reason)) = changes.reason {
+        query.push(", reason_code = ").push_bind(code);
+        query.push(", reason = ").push_bind(reason.to_string());
+    }
+    if let Some(at) = changes.forwarded_at {
+        query.push(", forwarded_at = ").push_bind(to_db(at));
+    }
+    if let Some(at) = changes.unknown_since {
+        query.push(", unknown_since = ").push_bind(to_db(at));
+    }
+    if let Some(at) = changes.settled_at {
+        query.push(", settled_at = ").push_bind(to_db(at));
+    }
+    if let Some(next) = changes.next_check_at {
+        query.push(", next_check_at = ").push_bind(next.map(to_db));
+    }
+    query.push(" WHERE id = ").push_bind(id);
+    query.push(" AND status IN (");
+    let mut statuses = query.separated(", ");
+    for status in from {
+        statuses.push_bind(status.as_str());
+    }
+    query.push(")");
+    let done = query.build().execute(conn).await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Marks a deployed deployment's hold settled (once).
+pub async fn mark_settled(
+    conn: &mut SqliteConnection,
+    id: &str,
+    at: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE deployments SET settled_at = ?2, updated_at = ?2 WHERE id = ?1 AND settled_at IS NULL",
+    )
+    .bind(id)
+    .bind(to_db(at))
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Holds
+// ---------------------------------------------------------------------------------------------
+
+pub async fn insert_hold(
+    conn: &mut SqliteConnection,
+    deployment_id: &str,
+    team_id: &str,
+    amount: Usdc,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO holds (id, team_id, amount_micros, created_at) VALUES (?1, ?2, ?3, ?4)",
+    )
+    .bind(deployment_id)
+    .bind(team_id)
+    .bind(amount.micros())
+    .bind(to_db(at))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Releases the deployment's hold if it is open; idempotent.
+pub async fn release_hold(
+    conn: &mut SqliteConnection,
+    deployment_id: &str,
+    at: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let done =
+        sqlx::query("UPDATE holds SET released_at = ?2 WHERE id = ?1 AND released_at IS NULL")
+            .bind(deployment_id)
+            .bind(to_db(at))
+            .execute(conn)
+            .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// What the team uses for quotas: live VMs not covered by an open hold, plus the VMs of
+/// deployments holding money (counted as asked for, since they may all appear).
+pub async fn usage(conn: &mut SqliteConnection, team_id: &str) -> Result<Usage, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT \
+           (SELECT count(*) FROM vms v WHERE v.team_id = ?1 AND v.deleted_at IS NULL \
+              AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.id = v.deployment_id AND h.released_at IS NULL)) \
+           + (SELECT COALESCE(SUM(d.instances), 0) FROM deployments d JOIN holds h ON h.id = d.id \
+              WHERE h.team_id = ?1 AND h.released_at IS NULL) AS vms, \
+           (SELECT COALESCE(SUM(v.vcpus), 0) FROM vms v WHERE v.team_id = ?1 AND v.deleted_at IS NULL \
+              AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.id = v.deployment_id AND h.released_at IS NULL)) \
+           + (SELECT COALESCE(SUM(d.instances * d.vcpus), 0) FROM deployments d JOIN holds h ON h.id = d.id \
+              WHERE h.team_id = ?1 AND h.released_at IS NULL) AS vcpus, \
+           (SELECT COALESCE(SUM(v.ram_gib), 0) FROM vms v WHERE v.team_id = ?1 AND v.deleted_at IS NULL \
+              AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.id = v.deployment_id AND h.released_at IS NULL)) \
+           + (SELECT COALESCE(SUM(d.instances * d.ram_gib), 0) FROM deployments d JOIN holds h ON h.id = d.id \
+              WHERE h.team_id = ?1 AND h.released_at IS NULL) AS ram_gib, \
+           (SELECT COALESCE(SUM(v.storage_gib), 0) FROM vms v WHERE v.team_id = ?1 AND v.deleted_at IS NULL \
+              AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.id = v.deployment_id AND h.released_at IS NULL)) \
+           + (SELECT COALESCE(SUM(d.instances * d.storage_gib), 0) FROM deployments d JOIN holds h ON h.id = d.id \
+              WHERE h.team_id = ?1 AND h.released_at IS NULL) AS storage_gib",
+    )
+    .bind(team_id)
+    .fetch_one(conn)
+    .await?;
+    Ok(Usage {
+        vms: count(&row, "vms")?,
+        resources: Resources {
+            vcpus: count(&row, "vcpus")?,
+            ram_gib: count(&row, "ram_gib")?,
+            storage_gib: count(&row, "storage_gib")?,
+        },
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The VMs a deployment produced
+// ---------------------------------------------------------------------------------------------
+
+/// A VM the gateway learnt of from a deploy answer or the reconciler's listing.
+#[derive(Debug, Clone)]
+pub struct NewVm<'a> {
+    pub id: &'a str,
+    pub fluence_id: &'a str,
+    pub team_id: &'a str,
+    pub deployment_id: &'a str,
+    pub name: &'a str,
+    pub status: &'a str,
+    pub price_per_epoch: Usdc,
+    pub configuration: &'a str,
+    pub resources: Resources,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Records the VM unless it is already known (a replayed answer or a second sighting).
+pub async fn insert_vm(conn: &mut SqliteConnection, vm: &NewVm<'_>) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO vms (id, fluence_id, team_id, deployment_id, name, status, \
+         price_per_epoch_micros, configuration, vcpus, ram_gib, storage_gib, expires_at, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(vm.id)
+    .bind(vm.fluence_id)
+    .bind(vm.team_id)
+    .bind(vm.deployment_id)
+    .bind(vm.name)
+    .bind(vm.status)
+    .bind(vm.price_per_epoch.micros())
+    .bind(vm.configuration)
+    .bind(i64::try_from(vm.resources.vcpus).unwrap_or(i64::MAX))
+    .bind(i64::try_from(vm.resources.ram_gib).unwrap_or(i64::MAX))
+    .bind(i64::try_from(vm.resources.storage_gib).unwrap_or(i64::MAX))
+    .bind(vm.expires_at.map(to_db))
+    .bind(to_db(vm.created_at))
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The ids of the VMs recorded for a deployment.
+pub async fn vm_ids(
+    conn: &mut SqliteConnection,
+    deployment_id: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM vms WHERE deployment_id = ?1 ORDER BY id")
+        .bind(deployment_id)
+        .fetch_all(conn)
+        .await
+}
+
+/// The ids of the deployment's VMs that were deleted.
+pub async fn deleted_vm_ids(
+    conn: &mut SqliteConnection,
+    deployment_id: &str,
+) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM vms WHERE deployment_id = ?1 AND deleted_at IS NOT NULL ORDER BY id",
+    )
+    .bind(deployment_id)
+    .fetch_all(conn)
+    .await
+}
