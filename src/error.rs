@@ -124,6 +124,9 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("validation failed")]
     Validation(Vec<FieldError>),
+    /// An `Idempotency-Key` sent again with a different request.
+    #[error("idempotency key reused")]
+    IdempotencyKeyReused,
     #[error("upstream unavailable: {0}")]
     UpstreamUnavailable(String),
     /// The database cannot answer now (locked past the busy timeout, full, I/O error): the
@@ -182,6 +185,11 @@ impl ApiError {
                 problem.errors.clone_from(errors);
                 problem
             }
+            ApiError::IdempotencyKeyReused => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "This Idempotency-Key was used with a different request; use a new key for a new request.",
+            ),
             ApiError::UpstreamUnavailable(detail) => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream_unavailable",

@@ -78,6 +78,7 @@ pub async fn run(
         bootstrap: BootstrapToken::new(settings.secrets.admin_token.as_ref()),
         upstream_probe: Arc::default(),
         jobs: Arc::new(crate::jobs::Jobs::new(&settings.jobs)),
+        catalog: Arc::default(),
     };
     // Deployments a previous process was sending have an unknown outcome now; the deployer's
     // first run (right away) reconciles them and resumes everything else.

@@ -23,6 +23,7 @@ pub struct AppState {
     /// at a time, shared by every `/readyz` caller meanwhile.
     pub upstream_probe: Arc<tokio::sync::Mutex<Option<ProbeOutcome>>>,
     pub jobs: Arc<crate::jobs::Jobs>,
+    pub catalog: Arc<crate::deploy::catalog::CatalogCache>,
 }
 
 /// When the upstream was last probed, and the error if the probe failed.

@@ -3,6 +3,7 @@
 //! forwarded before the one deploy call, and settled from Fluence's own list whenever the
 //! answer is lost. Nothing here ever sends a deploy twice.
 
+pub mod catalog;
 pub mod reconcile;
 pub mod spec;
 pub mod worker;

@@ -31,6 +31,10 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        // Already authenticated (and counted against its rate limit) by an outer layer.
+        if let Some(principal) = parts.extensions.get::<Principal>() {
+            return Ok(principal.clone());
+        }
         let address = client_address(parts);
         // Checked before any credential is evaluated: a blocked address learns nothing.
         state

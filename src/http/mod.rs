@@ -2,9 +2,12 @@
 
 pub mod audit;
 pub mod budget;
+pub mod deployments;
 pub mod docs;
 pub mod extract;
 pub mod health;
+pub mod idempotency;
+pub mod jobs;
 pub mod keys;
 pub mod limits;
 pub mod page;
@@ -132,6 +135,8 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(keys::router())
         .merge(budget::router())
         .merge(audit::router())
+        .merge(deployments::router())
+        .merge(jobs::router())
         .split_for_parts();
     // After the merge: the operations exist only now.
     utoipa::Modify::modify(&ProblemResponses, &mut document);
@@ -157,6 +162,10 @@ pub fn router(state: AppState, limits: Limits) -> Router {
             }),
         )
         .route("/docs", get(docs::page))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::layer,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state);

@@ -1,11 +1,13 @@
 //! The TTL reaper: deletes VMs whose `expires_at` has passed, upstream first, then in the
-//! inventory (which releases their commitment), each deletion audited.
+//! inventory (which releases their commitment), each deletion audited. It also forgets
+//! `Idempotency-Key` records past their retention.
 
 use serde_json::json;
 
 use crate::domain::ids::VmId;
 use crate::state::AppState;
 use crate::store::audit::{self, NewAuditEntry};
+use crate::store::idempotency;
 use crate::store::time::now;
 use crate::store::vms;
 
@@ -18,8 +20,18 @@ pub async fn run(state: &AppState) -> Result<String, String> {
         let mut conn = state.store.pool().acquire().await.map_err(db)?;
         vms::expired(&mut conn, now(), BATCH).await.map_err(db)?
     };
+    let purged = {
+        let mut tx = state.store.begin_write().await.map_err(|e| e.to_string())?;
+        let purged = idempotency::purge_expired(&mut tx, now())
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        purged
+    };
     if expired.is_empty() {
-        return Ok("no VM past its TTL".into());
+        return Ok(format!(
+            "no VM past its TTL; {purged} expired idempotency records purged"
+        ));
     }
     let ids: Vec<VmId> = expired
         .iter()

@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod budget;
 pub mod deployments;
+pub mod idempotency;
 pub mod keys;
 pub mod meta;
 pub mod teams;

@@ -122,15 +122,18 @@ pub async fn list(
         .collect()
 }
 
-/// What keeps a team from being deleted: its live VMs and its open holds (deployments that
-/// are admitted but not yet settled).
+/// What keeps a team from being deleted: its live VMs and its deployments in flight (not yet
+/// final, or holding money not yet settled).
 pub async fn live_work(
     conn: &mut SqliteConnection,
     id: &TeamId,
 ) -> Result<(i64, i64), sqlx::Error> {
     let row = sqlx::query(
         "SELECT (SELECT count(*) FROM vms WHERE team_id = ?1 AND deleted_at IS NULL) AS vms, \
-                (SELECT count(*) FROM holds WHERE team_id = ?1 AND released_at IS NULL) AS holds",
+                (SELECT count(*) FROM holds WHERE team_id = ?1 AND released_at IS NULL) \
+                + (SELECT count(*) FROM deployments WHERE team_id = ?1 AND status IN \
+                   ('queued', 'estimating', 'waiting_for_price', 'admitted', 'deploying', 'unknown') \
+                   AND id NOT IN (SELECT id FROM holds WHERE released_at IS NULL)) AS holds",
     )
     .bind(id.as_str())
     .fetch_one(conn)

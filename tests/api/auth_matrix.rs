@@ -10,10 +10,18 @@ use crate::helpers::{ADMIN_TOKEN, Reply, TestApp};
 
 /// Routes a team's own member or viewer key may read. Every other secured route must refuse
 /// team keys: a route added without thought fails here until it is listed.
-const TEAM_READABLE: [(&str, &str); 3] = [
+const TEAM_READABLE: [(&str, &str); 5] = [
     ("GET", "/v1/teams"),
     ("GET", "/v1/teams/{team}"),
     ("GET", "/v1/teams/{team}/budget"),
+    ("GET", "/v1/deployments"),
+    ("GET", "/v1/deployments/{id}"),
+];
+
+/// Routes a team's member key may also change (its team's deployments); viewers may not.
+const MEMBER_WRITABLE: [(&str, &str); 2] = [
+    ("POST", "/v1/deployments"),
+    ("POST", "/v1/deployments/{id}/cancel"),
 ];
 
 /// A case that must be refused: its name, its headers, and the path with any query.
@@ -25,10 +33,11 @@ struct Route {
 }
 
 impl Route {
-    fn path(&self, victim_key: &str) -> String {
+    fn path(&self, victim_key: &str, victim_deployment: &str) -> String {
         self.template
             .replace("{team}", "ml")
             .replace("{key_id}", victim_key)
+            .replace("{id}", victim_deployment)
     }
 
     fn team_readable(&self) -> bool {
@@ -37,8 +46,15 @@ impl Route {
             .any(|(m, p)| *m == self.method.as_str() && *p == self.template)
     }
 
+    fn member_writable(&self) -> bool {
+        MEMBER_WRITABLE
+            .iter()
+            .any(|(m, p)| *m == self.method.as_str() && *p == self.template)
+    }
+
+    /// The path names something of one team (the team, or a deployment of it).
     fn names_a_team(&self) -> bool {
-        self.template.contains("{team}")
+        self.template.contains("{team}") || self.template.contains("{id}")
     }
 }
 
@@ -81,6 +97,7 @@ async fn every_secured_route_refuses_every_bad_credential_and_every_foreign_team
     let app = TestApp::spawn_with_env(&[
         ("GATEWAY__RATE_LIMIT__FAILED_AUTH_BURST", "100000"),
         ("GATEWAY__RATE_LIMIT__PER_KEY_BURST", "100000"),
+        ("GATEWAY__JOBS__DEPLOYER_INTERVAL_SECS", "3600"),
     ])
     .await;
     app.create_team("ml", "100").await;
@@ -113,6 +130,23 @@ async fn every_secured_route_refuses_every_bad_credential_and_every_foreign_team
     let well_formed_unknown = format!("fgw_0123456789abcdef_{}", "x".repeat(43));
     let right_prefix_wrong_secret = format!("{}_{}", &member[..20], "y".repeat(43));
 
+    // A deployment of `ml`, cancelled at once (the deployer only runs at start here), so that
+    // routes naming it can be probed without side effects.
+    let dep = app
+        .deploy(&member, None, crate::helpers::deploy_body("victim", 1))
+        .await;
+    assert_eq!(dep.status, 202, "{}", dep.text);
+    let victim_deployment = dep.json["id"].as_str().unwrap_or_default().to_owned();
+    let cancelled = app
+        .call(
+            Method::POST,
+            &format!("/v1/deployments/{victim_deployment}/cancel"),
+            Some(&member),
+            None,
+        )
+        .await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.text);
+
     let team_before = app
         .call(Method::GET, "/v1/teams/ml", Some(ADMIN_TOKEN), None)
         .await
@@ -131,7 +165,7 @@ async fn every_secured_route_refuses_every_bad_credential_and_every_foreign_team
     let bearer = |key: &str| format!("Bearer {key}");
     let mut checked = 0;
     for route in &routes {
-        let path = route.path(&victim);
+        let path = route.path(&victim, &victim_deployment);
         let admin_header = bearer(ADMIN_TOKEN);
         let refused: Vec<RefusedCase<'_>> = vec![
             ("no key", vec![], path.clone()),
@@ -223,7 +257,17 @@ async fn every_secured_route_refuses_every_bad_credential_and_every_foreign_team
         // Team keys of the team itself: reads where allowed, never anything else.
         for (who, key) in [("member", &member), ("viewer", &viewer)] {
             let reply = send(&app, route, &path, &[("authorization", &bearer(key))]).await;
-            if route.team_readable() && route.method == Method::GET {
+            if who == "member" && route.member_writable() {
+                // Allowed, and the probe itself is harmless: an empty body is refused whole,
+                // and the victim deployment is already cancelled.
+                assert!(
+                    matches!(reply.status, 409 | 422),
+                    "{who} {} {}: {}",
+                    route.method,
+                    route.template,
+                    reply.text
+                );
+            } else if route.team_readable() && route.method == Method::GET {
                 assert_eq!(
                     reply.status, 200,
                     "{who} {} {}: {}",
@@ -246,7 +290,8 @@ async fn every_secured_route_refuses_every_bad_credential_and_every_foreign_team
             let unknown_path = route
                 .template
                 .replace("{team}", "no-such-team")
-                .replace("{key_id}", &victim);
+                .replace("{key_id}", &victim)
+                .replace("{id}", "dep_01JDX3ZP6Q8W9E2R4T5Y7U1IOK");
             let unknown = send(
                 &app,
                 route,
@@ -270,6 +315,9 @@ async fn every_secured_route_refuses_every_bad_credential_and_every_foreign_team
                 "another team's data leaked: {}",
                 reply.text
             );
+        } else if route.member_writable() {
+            // Acts on the key's own team; the empty probe body is refused whole.
+            assert_eq!(reply.status, 422, "{} {}", route.method, route.template);
         } else {
             assert_eq!(reply.status, 403, "{} {}", route.method, route.template);
         }

@@ -14,6 +14,23 @@ pub const SIM_KEY: &str = "test-fluence-key";
 /// The bootstrap admin token of every [`TestApp::spawn`] gateway.
 pub const ADMIN_TOKEN: &str = "test-bootstrap-admin-token-0123456789abcdef";
 
+/// A well-formed OpenSSH ed25519 public key line (not anyone's real key).
+pub const SSH_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcH test@gateway";
+
+/// A valid deploy request: `instances` VMs of the smallest configuration in Germany.
+pub fn deploy_body(name: &str, instances: u32) -> Value {
+    serde_json::json!({
+        "name": name,
+        "instances": instances,
+        "configuration": "cpu-2-ram-4gb-storage-25gb",
+        "countries": ["DE"],
+        "image": "ubuntu-24-04-x64",
+        "ssh_keys": [SSH_KEY],
+        "open_ports": [{"port": 80, "protocol": "tcp"}]
+    })
+}
+
 /// A simulator with a manual clock that accepts [`SIM_KEY`].
 pub async fn spawn_simulator() -> SimulatorHandle {
     simulator::spawn(SimulatorConfig {
@@ -223,6 +240,69 @@ impl TestApp {
             .unwrap_or_else(|e| panic!("{e}"));
         tx.commit().await.unwrap_or_else(|e| panic!("{e}"));
         token.expose_secret().to_owned()
+    }
+
+    /// `POST /v1/deployments` (with `?team=` when `key` is an admin's).
+    pub async fn deploy(&self, key: &str, team: Option<&str>, body: Value) -> Reply {
+        let path = match team {
+            Some(team) => format!("/v1/deployments?team={team}"),
+            None => "/v1/deployments".to_owned(),
+        };
+        self.call(reqwest::Method::POST, &path, Some(key), Some(body))
+            .await
+    }
+
+    /// Runs a job now through the API and returns its status.
+    pub async fn run_job(&self, job: &str) -> Value {
+        let reply = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/v1/jobs/{job}/run"),
+                Some(ADMIN_TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        reply.json
+    }
+
+    pub async fn deployment(&self, id: &str) -> Value {
+        let reply = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/deployments/{id}"),
+                Some(ADMIN_TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        reply.json
+    }
+
+    /// The simulator's ground truth (`GET /_sim/state`).
+    pub async fn sim_state(&self) -> Value {
+        let sim = self.sim.as_ref().unwrap_or_else(|| panic!("no simulator"));
+        reqwest::get(format!("{}/_sim/state", sim.base_url()))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A `/_sim/` control call; panics unless it succeeds.
+    pub async fn sim_post(&self, path: &str, body: Value) -> Value {
+        let sim = self.sim.as_ref().unwrap_or_else(|| panic!("no simulator"));
+        let response = self
+            .http
+            .post(format!("{}{path}", sim.base_url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let reply = Reply::read(response).await;
+        assert!(reply.status < 300, "{path}: {}", reply.text);
+        reply.json
     }
 
     /// Stops the gateway and returns how `run` ended.
