@@ -74,12 +74,12 @@ pub async fn recover(state: &AppState) -> Result<u64, StepError> {
 /// How long after the deploy call an absent VM still may appear. Never shorter than the
 /// upstream timeout: another process's call may still be out that long.
 fn grace(state: &AppState) -> TimeDelta {
-    let secs = state
-        .settings
-        .jobs
+    let jobs = &state.settings.jobs;
+    let millis = jobs
         .reconcile_grace_secs
-        .max(state.settings.upstream.request_timeout_ms.div_ceil(1000));
-    TimeDelta::seconds(i64::try_from(secs).unwrap_or(i64::MAX))
+        .saturating_mul(1000)
+        .max(state.settings.upstream.request_timeout_ms);
+    TimeDelta::milliseconds(i64::try_from(millis).unwrap_or(i64::MAX / 1000))
 }
 
 /// Settles an `unknown` deployment (or a `deploying` one older than any call could be).

@@ -3,6 +3,7 @@
 mod auth_matrix;
 mod bad_input;
 mod config;
+mod deployments;
 mod fixtures;
 mod fluence_client;
 mod health;
