@@ -136,6 +136,7 @@ pub struct JobSettings {
     pub catalog_interval_secs: u64,
     pub reaper_interval_secs: u64,
     pub deployer_concurrency: u32,
+    pub price_recheck_secs: u64,
     pub reconcile_grace_secs: u64,
     pub billing_guard_secs: u64,
     pub idempotency_retention_hours: u64,

@@ -4,6 +4,12 @@
 //! to start when any is configured, so a stray environment variable can never pause production.
 //! The spec is `name=action;name=action`, with actions `pause` (print `FAILPOINT <name> reached`
 //! to stderr and wait forever, for a harness to kill the process) and `sleep(ms)`.
+//!
+//! The points, in the order a deploy meets them (RELIABILITY.md B1's crash points):
+//! `idempotency.after_claim` (1), `admission.after_commit` (2), `deploy.before_send` (3),
+//! `deploy.after_response` (6), `deploy.after_commit` (7), `settle.before_commit` (8); and
+//! `admission.check_then_act`, which with `sleep(ms)` turns the admission into the seeded race
+//! of the C1 mutation check.
 
 use std::collections::HashMap;
 use std::sync::Arc;

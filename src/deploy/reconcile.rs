@@ -247,6 +247,7 @@ pub async fn settle_deployed(
         .await?;
         settled = true;
     }
+    state.settings.failpoints.hit("settle.before_commit").await;
     tx.commit().await?;
     Ok(settled)
 }

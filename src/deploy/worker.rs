@@ -21,6 +21,9 @@ use crate::store::deployments::{self, Changes, Deployment, NewVm};
 use crate::store::teams;
 use crate::store::time::now;
 
+/// More steps than any way through the states takes (queued, estimating, admitted, deploying).
+const MAX_STEPS: u32 = 8;
+
 /// How often a deploy that provably never left is tried again before it is declared failed.
 const SEND_ATTEMPTS: u32 = 3;
 
@@ -32,6 +35,7 @@ pub fn spec_of(deployment: &Deployment) -> Result<Spec, StepError> {
 /// Takes the deployment as far as it can go now. Returns when it reaches a state that waits
 /// for something (a price, a reconcile, a settlement) or a final one.
 pub async fn advance(state: &AppState, mut deployment: Deployment) -> Result<Status, StepError> {
+    let mut steps = 0;
     loop {
         let next = match deployment.status {
             Status::Queued => {
@@ -78,7 +82,14 @@ pub async fn advance(state: &AppState, mut deployment: Deployment) -> Result<Sta
             Status::Admitted => forward(state, &deployment).await?,
             other => return Ok(other),
         };
-        if next == deployment.status || next.is_final() || next == Status::Unknown {
+        // A step that ends waiting (for a price, for Fluence's list) ends this turn; the next
+        // tick looks again. The step bound is a backstop against a cycle.
+        steps += 1;
+        if next == deployment.status
+            || next.is_final()
+            || matches!(next, Status::Unknown | Status::WaitingForPrice)
+            || steps >= MAX_STEPS
+        {
             return Ok(next);
         }
         // Re-read: the step may have written fields (estimate, hold) the next one needs.
@@ -321,7 +332,7 @@ async fn estimate_and_admit(
                 "message": format!("best offer {price} USDC per VM per epoch is above max_price_per_epoch {limit}; waiting until start_before"),
                 "price": price.to_string(), "limit": limit.to_string()});
             let interval = TimeDelta::seconds(
-                i64::try_from(state.settings.jobs.deployer_interval_secs).unwrap_or(60),
+                i64::try_from(state.settings.jobs.price_recheck_secs).unwrap_or(60),
             );
             move_to(
                 state,
@@ -447,6 +458,11 @@ async fn admit(
         )
         .await?;
         tx.commit().await?;
+        state
+            .settings
+            .failpoints
+            .hit("admission.after_commit")
+            .await;
         Ok(Status::Admitted)
     } else {
         let refusals = refusals_json(&decision);

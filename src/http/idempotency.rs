@@ -145,6 +145,11 @@ async fn run(
     if let Some(replayed) = claimed {
         return Ok(replayed);
     }
+    state
+        .settings
+        .failpoints
+        .hit("idempotency.after_claim")
+        .await;
 
     let request = Request::from_parts(parts, Body::from(bytes));
     let store = state.store.clone();
