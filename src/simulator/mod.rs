@@ -29,6 +29,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use clock::ClockMode;
+pub use state::next_billing;
 
 use crate::domain::money::Usdc;
 use faults::Faults;

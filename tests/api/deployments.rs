@@ -850,3 +850,53 @@ async fn no_hold_is_left_after_a_mixed_run_c5() {
         .sum();
     assert_eq!(upstream_vms, known);
 }
+
+/// T1: with the gateway's clock off from Fluence's by -600 s to +600 s (20 s steps) and deploys
+/// every minute from 30 minutes before to 30 minutes after the 17:55 UTC charge, the epochs
+/// held are never fewer than the charges the simulator's billing calendar makes before the
+/// period ends, in either billing mode, with or without a TTL.
+#[test]
+fn the_hold_is_never_below_the_charges_near_billing_time_t1() {
+    use chrono::{DateTime, TimeDelta, Utc};
+    use fluence_gateway::deploy::worker::hold_epochs;
+    use fluence_gateway::domain::period::BudgetPeriod;
+    use fluence_gateway::simulator::{BillingMode, next_billing};
+
+    let boundary: DateTime<Utc> = "2026-11-20T17:55:00Z"
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let guard = TimeDelta::seconds(600);
+    let period = BudgetPeriod::monthly(1).unwrap_or_else(|e| panic!("{e}"));
+    let mut cases = 0;
+    for mode in [BillingMode::Global, BillingMode::PerInstance] {
+        for ttl_hours in [None, Some(1), Some(25), Some(48)] {
+            for minute in -30..=30 {
+                for step in -30..=30 {
+                    let provider_now = boundary + TimeDelta::minutes(minute);
+                    let skew = TimeDelta::seconds(step * 20);
+                    let gateway_now = provider_now + skew;
+                    let (_, resets_at) = period.bounds(gateway_now);
+                    let held = hold_epochs(gateway_now, resets_at, ttl_hours, guard);
+                    // Fluence's charges: one at deploy, then its calendar's, until the period
+                    // ends (in Fluence's time) or the VMs are deleted at their TTL.
+                    let mut end = resets_at - skew;
+                    if let Some(hours) = ttl_hours {
+                        end = end.min(provider_now + TimeDelta::hours(i64::from(hours)));
+                    }
+                    let mut charges = 1;
+                    let mut next = next_billing(mode, provider_now, provider_now);
+                    while next < end {
+                        charges += 1;
+                        next = next_billing(mode, next, next);
+                    }
+                    assert!(
+                        held >= charges,
+                        "{mode:?} ttl {ttl_hours:?} at {provider_now} skew {skew}: held {held} < charged {charges}"
+                    );
+                    cases += 1;
+                }
+            }
+        }
+    }
+    assert!(cases >= 3660 * 2);
+}
