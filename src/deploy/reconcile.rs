@@ -8,7 +8,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
 
 use super::StepError;
-use super::worker::{audit_step, spec_of};
+use super::worker::{audit_step, record_deployed, spec_of};
 use crate::domain::deployment::Status;
 use crate::fluence::types::RunningInstance;
 use crate::state::AppState;
@@ -99,7 +99,7 @@ pub async fn settle_unknown(
         return Ok(Status::Deploying);
     }
     if !found.is_empty() {
-        adopt(state, deployment, found, at).await?;
+        adopt(state, deployment, found).await?;
         return Ok(Status::Deployed);
     }
     if since + grace(state) > at {
@@ -119,54 +119,44 @@ pub async fn settle_unknown(
     Ok(Status::Failed)
 }
 
-/// Records the VMs found for a deployment and marks it deployed; a partial creation keeps what
+/// Adopts the VMs found for a deployment and marks it deployed; a partial creation keeps what
 /// exists (the hold settles to those VMs) and says so.
 async fn adopt(
     state: &AppState,
     deployment: &Deployment,
     found: &[RunningInstance],
-    at: DateTime<Utc>,
 ) -> Result<(), StepError> {
     let spec = spec_of(deployment)?;
-    let expires_at = spec
-        .ttl_hours
-        .and_then(|h| at.checked_add_signed(TimeDelta::hours(i64::from(h))));
-    let mut tx = state.store.begin_write().await?;
-    for vm in found {
-        insert_found(&mut tx, deployment, vm, expires_at, at).await?;
-    }
-    let partial = found.len() < deployment.instances as usize;
-    let moved = deployments::transition(
-        &mut tx,
-        &deployment.id,
-        &[Status::Unknown, Status::Deploying],
-        Status::Deployed,
-        Changes {
-            reason: Some(if partial {
-                ("partial".to_owned(), json!({"code": "partial",
-                    "message": format!("reconciled from Fluence's list: {} of {} instances exist", found.len(), deployment.instances)}))
-            } else {
-                ("reconciled".to_owned(), json!({"code": "reconciled",
-                    "message": "the deploy's answer was lost; its VMs were found in Fluence's list"}))
-            }),
-            ..Changes::default()
-        },
-        at,
-    )
-    .await?;
-    if moved {
-        let ids: Vec<String> = found.iter().map(|vm| vm.id.canonical()).collect();
-        audit_step(
-            &mut tx,
-            deployment,
-            "deployment.reconciled",
-            json!({"status": "deployed", "vms": ids}),
-            at,
+    let vms: Vec<_> = found
+        .iter()
+        .map(|vm| (vm.id.clone(), vm.price_per_epoch))
+        .collect();
+    let reason = if found.len() < deployment.instances as usize {
+        let message = format!(
+            "reconciled from Fluence's list: {} of {} instances exist",
+            found.len(),
+            deployment.instances
+        );
+        (
+            "partial".to_owned(),
+            json!({"code": "partial", "message": message}),
         )
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(())
+    } else {
+        let message = "the deploy's answer was lost; its VMs were found in Fluence's list";
+        (
+            "reconciled".to_owned(),
+            json!({"code": "reconciled", "message": message}),
+        )
+    };
+    record_deployed(
+        state,
+        deployment,
+        &spec,
+        &vms,
+        Some(reason),
+        "deployment.reconciled",
+    )
+    .await
 }
 
 async fn insert_found(

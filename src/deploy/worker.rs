@@ -11,6 +11,7 @@ use super::{ACTOR, Spec, StepError};
 use crate::domain::admission::{self, Decision, Request};
 use crate::domain::billing::{self, BillingSchedule};
 use crate::domain::deployment::{PriceVerdict, Status, price_verdict};
+use crate::domain::ids::VmId;
 use crate::domain::money::Usdc;
 use crate::fluence::FluenceError;
 use crate::fluence::types::Estimate;
@@ -223,7 +224,7 @@ pub fn hold_epochs(
 /// The admission rule's view of a deployment, and its decision against `standing`.
 pub fn decide(
     spec: &Spec,
-    deployment: &Deployment,
+    per_vm: crate::domain::quota::Resources,
     quotas: &crate::domain::quota::Quotas,
     standing: &Standing,
     usage: &crate::domain::quota::Usage,
@@ -235,9 +236,9 @@ pub fn decide(
         quotas,
         usage,
         &Request {
-            instances: u64::from(deployment.instances),
-            configuration: &deployment.configuration,
-            resources_per_vm: deployment.per_vm,
+            instances: u64::from(spec.instances),
+            configuration: &spec.configuration,
+            resources_per_vm: per_vm,
             countries: &spec.countries,
             max_price_per_epoch_per_vm: price_per_vm,
             epochs,
@@ -528,7 +529,7 @@ async fn decision_in(
     let epochs = hold_epochs(at, standing.resets_at, spec.ttl_hours, guard);
     let decision = decide(
         spec,
-        deployment,
+        deployment.per_vm,
         &team.quotas,
         &standing,
         &usage,
@@ -584,58 +585,29 @@ async fn forward(state: &AppState, deployment: &Deployment) -> Result<Status, St
         fp.hit("deploy.after_response").await;
         match answer {
             Ok(created) if !created.is_empty() => {
-                let at = now();
-                let mut tx = state.store.begin_write().await?;
-                let expires_at = spec
-                    .ttl_hours
-                    .and_then(|h| at.checked_add_signed(TimeDelta::hours(i64::from(h))));
-                for vm in &created {
-                    deployments::insert_vm(
-                        &mut tx,
-                        &NewVm {
-                            id: &vm.vm_id.canonical(),
-                            fluence_id: vm.vm_id.as_str(),
-                            team_id: &deployment.team_id,
-                            deployment_id: &deployment.id,
-                            name: &deployment.upstream_name,
-                            status: "New",
-                            price_per_epoch: ceiling,
-                            configuration: &deployment.configuration,
-                            resources: deployment.per_vm,
-                            expires_at,
-                            created_at: at,
-                        },
+                let vms: Vec<(VmId, Usdc)> =
+                    created.into_iter().map(|vm| (vm.vm_id, ceiling)).collect();
+                let partial = vms.len() < spec.instances as usize;
+                let reason = partial.then(|| {
+                    let message = format!(
+                        "Fluence created {} of {} instances",
+                        vms.len(),
+                        spec.instances
+                    );
+                    (
+                        "partial".to_owned(),
+                        json!({"code": "partial", "message": message}),
                     )
-                    .await?;
-                }
-                let partial = created.len() < spec.instances as usize;
-                let moved = deployments::transition(
-                    &mut tx,
-                    &deployment.id,
-                    &[Status::Deploying, Status::Unknown],
-                    Status::Deployed,
-                    Changes {
-                        reason: partial.then(|| {
-                            ("partial".to_owned(), json!({"code": "partial",
-                                "message": format!("Fluence created {} of {} instances", created.len(), spec.instances)}))
-                        }),
-                        ..Changes::default()
-                    },
-                    at,
+                });
+                record_deployed(
+                    state,
+                    deployment,
+                    &spec,
+                    &vms,
+                    reason,
+                    "deployment.deployed",
                 )
                 .await?;
-                if moved {
-                    let ids: Vec<String> = created.iter().map(|vm| vm.vm_id.canonical()).collect();
-                    audit_step(
-                        &mut tx,
-                        deployment,
-                        "deployment.deployed",
-                        json!({"status": "deployed", "vms": ids}),
-                        at,
-                    )
-                    .await?;
-                }
-                tx.commit().await?;
                 fp.hit("deploy.after_commit").await;
                 return Ok(Status::Deployed);
             }
@@ -683,6 +655,67 @@ async fn forward(state: &AppState, deployment: &Deployment) -> Result<Status, St
         }
     }
     Ok(Status::Admitted)
+}
+
+/// Records a deployment's VMs (from the deploy answer, or found in Fluence's list) and marks it
+/// deployed, in one transaction. VMs already recorded are left as they are.
+pub(crate) async fn record_deployed(
+    state: &AppState,
+    deployment: &Deployment,
+    spec: &Spec,
+    vms: &[(VmId, Usdc)],
+    reason: Option<(String, Value)>,
+    action: &str,
+) -> Result<(), StepError> {
+    let at = now();
+    let expires_at = spec
+        .ttl_hours
+        .and_then(|h| at.checked_add_signed(TimeDelta::hours(i64::from(h))));
+    let mut tx = state.store.begin_write().await?;
+    for (id, price) in vms {
+        deployments::insert_vm(
+            &mut tx,
+            &NewVm {
+                id: &id.canonical(),
+                fluence_id: id.as_str(),
+                team_id: &deployment.team_id,
+                deployment_id: &deployment.id,
+                name: &deployment.upstream_name,
+                status: "New",
+                price_per_epoch: *price,
+                configuration: &deployment.configuration,
+                resources: deployment.per_vm,
+                expires_at,
+                created_at: at,
+            },
+        )
+        .await?;
+    }
+    let moved = deployments::transition(
+        &mut tx,
+        &deployment.id,
+        &[Status::Deploying, Status::Unknown],
+        Status::Deployed,
+        Changes {
+            reason,
+            ..Changes::default()
+        },
+        at,
+    )
+    .await?;
+    if moved {
+        let ids: Vec<String> = vms.iter().map(|(id, _)| id.canonical()).collect();
+        audit_step(
+            &mut tx,
+            deployment,
+            action,
+            json!({"status": "deployed", "vms": ids}),
+            at,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 /// The request provably had no effect: it never left, or Fluence asked to slow down.

@@ -607,36 +607,11 @@ async fn dry_run_of(state: &AppState, team: &Team, spec: &Spec) -> Result<DryRun
     snapshot.rollback().await?;
     let per_vm = resources_of(&spec.configuration, spec.extra_storage_gib())
         .map_err(|e| ApiError::field("configuration", e.to_string()))?;
-    let probe = Deployment {
-        id: String::new(),
-        team_id: team.id.as_str().to_owned(),
-        name: spec.name.clone(),
-        upstream_name: String::new(),
-        status: Status::Estimating,
-        spec: Value::Null,
-        instances: spec.instances,
-        configuration: spec.configuration.clone(),
-        per_vm,
-        estimate: None,
-        max_price: None,
-        commitment: None,
-        epochs: None,
-        reason_code: None,
-        reason: None,
-        idempotency_key: None,
-        created_by: String::new(),
-        created_at: at,
-        updated_at: at,
-        forwarded_at: None,
-        unknown_since: None,
-        settled_at: None,
-        next_check_at: None,
-    };
     let guard = chrono::TimeDelta::seconds(
         i64::try_from(state.settings.jobs.billing_guard_secs).unwrap_or(i64::MAX),
     );
     let epochs = worker::hold_epochs(at, standing.resets_at, spec.ttl_hours, guard);
-    let decision = worker::decide(spec, &probe, &team.quotas, &standing, &used, price, epochs);
+    let decision = worker::decide(spec, per_vm, &team.quotas, &standing, &used, price, epochs);
     let mut reasons = refusals_json(&decision);
     let limit = spec.max_price_per_epoch.unwrap_or(Usdc::ZERO);
     let verdict_word = match verdict {
