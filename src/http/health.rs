@@ -69,9 +69,25 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    // Each job's last run, without its detail: this endpoint is open, and a failure's detail
+    // (ids, upstream errors) is for admins, at `GET /v1/jobs`.
+    let jobs: Vec<Value> = state
+        .jobs
+        .statuses()
+        .into_iter()
+        .map(|job| {
+            json!({
+                "job": job.job,
+                "last_finished_at": job.last_finished_at,
+                "last_duration_ms": job.last_duration_ms,
+                "last_outcome": job.last_outcome,
+            })
+        })
+        .collect();
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "checks": { "database": database, "upstream": upstream },
+        "jobs": jobs,
     });
     (status, Json(body))
 }

@@ -39,6 +39,17 @@ async fn readyz_reports_a_healthy_external_upstream_and_the_database() {
     assert_eq!(body["checks"]["upstream"]["mode"], "fluence");
     assert_eq!(body["checks"]["upstream"]["simulated"], false);
     assert!(body["checks"]["upstream"]["last_success_at"].is_string());
+    let jobs: Vec<&str> = body["jobs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|j| j["job"].as_str())
+        .collect();
+    assert_eq!(jobs, ["deployer", "reaper"]);
+    assert!(
+        body["jobs"][0].get("last_detail").is_none(),
+        "details are for admins"
+    );
 }
 
 #[tokio::test]
