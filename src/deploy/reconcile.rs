@@ -8,11 +8,12 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
 
 use super::StepError;
-use super::worker::{audit_step, record_deployed, spec_of};
+use super::worker::{audit_step, record_deployed, record_deployed_from, spec_of};
 use crate::domain::deployment::Status;
 use crate::fluence::types::RunningInstance;
 use crate::state::AppState;
 use crate::store::deployments::{self, Changes, Deployment, NewVm};
+use crate::store::idempotency;
 use crate::store::time::now;
 use crate::store::vms::{self, Sighting};
 
@@ -38,10 +39,19 @@ impl Listing {
 }
 
 /// On start: a `deploying` deployment was being sent by a process that is gone, so its outcome
-/// is unknown and only Fluence's list can tell. Idempotent: a second run finds nothing to move.
+/// is unknown and only Fluence's list can tell; and an `Idempotency-Key` claimed by a request of
+/// that process will never be completed, so it is released for the client's retry (a deploy the
+/// request did store is found again by its key). Idempotent: a second run finds nothing to move.
 pub async fn recover(state: &AppState) -> Result<u64, StepError> {
     let at = now();
     let mut tx = state.store.begin_write().await?;
+    let released = idempotency::release_in_flight(&mut tx).await?;
+    if released > 0 {
+        tracing::warn!(
+            released,
+            "Idempotency-Key claims of a previous run released"
+        );
+    }
     let open = deployments::open(&mut tx).await?;
     let mut moved = 0;
     for deployment in open.iter().filter(|d| d.status == Status::Deploying) {
@@ -240,4 +250,51 @@ pub async fn settle_deployed(
     state.settings.failpoints.hit("settle.before_commit").await;
     tx.commit().await?;
     Ok(settled)
+}
+
+/// How long after a deployment was declared failed its VMs are still looked for.
+pub const LATE_ARRIVAL_WINDOW: TimeDelta = TimeDelta::days(7);
+
+/// A deployment declared failed (nothing appeared within the grace period) whose VMs show up
+/// later after all: they exist and are billed, so they are adopted and the deployment becomes
+/// `deployed` after all, with reason `adopted_late`. Its hold was released, so they count
+/// against the budget as live VMs from here on.
+pub async fn adopt_late(
+    state: &AppState,
+    deployment: &Deployment,
+    listing: &Listing,
+) -> Result<bool, StepError> {
+    let found = listing.named(&deployment.upstream_name);
+    if found.is_empty() {
+        return Ok(false);
+    }
+    let spec = spec_of(deployment)?;
+    let vms: Vec<_> = found
+        .iter()
+        .map(|vm| (vm.id.clone(), vm.price_per_epoch))
+        .collect();
+    let message = format!(
+        "declared failed when no VM had appeared, then {} of {} appeared in Fluence's list",
+        found.len(),
+        deployment.instances
+    );
+    tracing::warn!(deployment = %deployment.id, "VMs of a failed deployment appeared late; adopting them");
+    record_deployed_from(
+        state,
+        deployment,
+        &spec,
+        &vms,
+        &[Status::Failed],
+        Changes {
+            reason: Some((
+                "adopted_late".to_owned(),
+                json!({"code": "adopted_late", "message": message}),
+            )),
+            reopen: true,
+            ..Changes::default()
+        },
+        "deployment.adopted_late",
+    )
+    .await?;
+    Ok(true)
 }

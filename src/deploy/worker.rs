@@ -667,6 +667,31 @@ pub(crate) async fn record_deployed(
     reason: Option<(String, Value)>,
     action: &str,
 ) -> Result<(), StepError> {
+    record_deployed_from(
+        state,
+        deployment,
+        spec,
+        vms,
+        &[Status::Deploying, Status::Unknown],
+        Changes {
+            reason,
+            ..Changes::default()
+        },
+        action,
+    )
+    .await
+}
+
+/// [`record_deployed`] from given statuses, with given changes.
+pub(crate) async fn record_deployed_from(
+    state: &AppState,
+    deployment: &Deployment,
+    spec: &Spec,
+    vms: &[(VmId, Usdc)],
+    from: &[Status],
+    changes: Changes,
+    action: &str,
+) -> Result<(), StepError> {
     let at = now();
     let expires_at = spec
         .ttl_hours
@@ -691,18 +716,9 @@ pub(crate) async fn record_deployed(
         )
         .await?;
     }
-    let moved = deployments::transition(
-        &mut tx,
-        &deployment.id,
-        &[Status::Deploying, Status::Unknown],
-        Status::Deployed,
-        Changes {
-            reason,
-            ..Changes::default()
-        },
-        at,
-    )
-    .await?;
+    let moved =
+        deployments::transition(&mut tx, &deployment.id, from, Status::Deployed, changes, at)
+            .await?;
     if moved {
         let ids: Vec<String> = vms.iter().map(|(id, _)| id.canonical()).collect();
         audit_step(

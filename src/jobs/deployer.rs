@@ -52,11 +52,31 @@ pub async fn run(state: &AppState) -> Result<String, String> {
             )
         })
         .collect();
+    let late = {
+        let mut conn = state
+            .store
+            .pool()
+            .acquire()
+            .await
+            .map_err(|e| format!("database: {e}"))?;
+        deployments::failed_unconfirmed(
+            &mut conn,
+            crate::store::time::now() - reconcile::LATE_ARRIVAL_WINDOW,
+        )
+        .await
+        .map_err(|e| format!("database: {e}"))?
+    };
     let (mut reconciled, mut settled) = (0, 0);
-    if !pending.is_empty() {
+    if !pending.is_empty() || !late.is_empty() {
         match state.fluence.list_vms().await {
             Ok(vms) => {
                 let listing = Listing::new(vms);
+                for deployment in &late {
+                    match reconcile::adopt_late(state, deployment, &listing).await {
+                        Ok(adopted) => reconciled += usize::from(adopted),
+                        Err(error) => errors.push(format!("{}: {error}", deployment.id)),
+                    }
+                }
                 for deployment in &pending {
                     let outcome = if deployment.status == Status::Deployed {
                         reconcile::settle_deployed(state, deployment, &listing)

@@ -215,6 +215,24 @@ pub async fn open(conn: &mut SqliteConnection) -> Result<Vec<Deployment>, sqlx::
     .collect()
 }
 
+/// Deployments declared failed because none of their VMs appeared after a lost answer, since
+/// `since`: Fluence may still show their VMs late, and then they are adopted, not lost.
+pub async fn failed_unconfirmed(
+    conn: &mut SqliteConnection,
+    since: DateTime<Utc>,
+) -> Result<Vec<Deployment>, sqlx::Error> {
+    sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM deployments WHERE status = 'failed' AND reason_code = 'not_created' \
+         AND updated_at >= ?1 ORDER BY id"
+    ))
+    .bind(to_db(since))
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(decode)
+    .collect()
+}
+
 /// The fields a transition may set besides the status; `None` leaves a column as it is.
 #[derive(Debug, Clone, Default)]
 pub struct Changes {
@@ -228,6 +246,8 @@ pub struct Changes {
     pub settled_at: Option<DateTime<Utc>>,
     /// `Some(None)` clears it.
     pub next_check_at: Option<Option<DateTime<Utc>>>,
+    /// Clears `settled_at`: VMs adopted late must be settled again from Fluence's list.
+    pub reopen: bool,
 }
 
 /// Moves a deployment to `to` if its status is one of `from`; false if it was not (someone
@@ -274,6 +294,9 @@ pub async fn transition(
     }
     if let Some(next) = changes.next_check_at {
         query.push(", next_check_at = ").push_bind(next.map(to_db));
+    }
+    if changes.reopen {
+        query.push(", settled_at = NULL");
     }
     query.push(" WHERE id = ").push_bind(id);
     query.push(" AND status IN (");

@@ -133,3 +133,12 @@ pub async fn purge_expired(
         .await?;
     Ok(done.rows_affected())
 }
+
+/// Forgets every claim still in flight: at start-up, the requests that made them died with the
+/// previous process. Returns how many.
+pub async fn release_in_flight(conn: &mut SqliteConnection) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM idempotency_keys WHERE state = 'in_flight'")
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
+}

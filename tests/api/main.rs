@@ -3,6 +3,7 @@
 mod auth_matrix;
 mod bad_input;
 mod config;
+mod crash;
 mod deployments;
 mod fixtures;
 mod fluence_client;
