@@ -26,7 +26,8 @@ CREATE TABLE deployments (
     epochs               INTEGER,
     reason_code          TEXT,
     reason               TEXT,                        -- JSON: why it was refused or failed
-    idempotency_key      TEXT,
+    idempotency_key      TEXT,                        -- `<scope>|<key>`, as the client sent it
+    request_hash         TEXT,                        -- of the request that key was first used for
     created_by           TEXT NOT NULL,               -- the key id (or actor) that asked
     created_at           TEXT NOT NULL,
     updated_at           TEXT NOT NULL,

@@ -338,6 +338,49 @@ impl Settings {
                 problems.push(format!("{key} must be greater than 0"));
             }
         }
+        // Upper bounds keep every duration derived from these far inside chrono's range.
+        let bounded = [
+            (
+                "jobs.deployer_concurrency",
+                u64::from(self.jobs.deployer_concurrency),
+                64,
+            ),
+            (
+                "jobs.price_recheck_secs",
+                self.jobs.price_recheck_secs,
+                7 * 86_400,
+            ),
+            (
+                "jobs.reconcile_grace_secs",
+                self.jobs.reconcile_grace_secs,
+                86_400,
+            ),
+            (
+                "jobs.billing_guard_secs",
+                self.jobs.billing_guard_secs,
+                86_400,
+            ),
+            (
+                "jobs.idempotency_retention_hours",
+                self.jobs.idempotency_retention_hours,
+                24 * 30,
+            ),
+            (
+                "upstream.request_timeout_ms",
+                self.upstream.request_timeout_ms,
+                600_000,
+            ),
+            (
+                "database.busy_timeout_ms",
+                self.database.busy_timeout_ms,
+                600_000,
+            ),
+        ];
+        for (key, value, max) in bounded {
+            if value > max {
+                problems.push(format!("{key} must be at most {max}"));
+            }
+        }
         if self.simulator.launch_seconds > 600 {
             problems.push("simulator.launch_seconds must be at most 600".to_owned());
         }

@@ -84,11 +84,16 @@ pub async fn recover(state: &AppState) -> Result<u64, StepError> {
 /// How long after the deploy call an absent VM still may appear. Never shorter than the
 /// upstream timeout: another process's call may still be out that long.
 fn grace(state: &AppState) -> TimeDelta {
-    let jobs = &state.settings.jobs;
-    let millis = jobs
+    // The configured wait, plus the longest a live call may still be out (its timeout, and the
+    // write lock its answer may wait for), so that a call another process is still making is
+    // never declared failed under it.
+    let settings = &state.settings;
+    let millis = settings
+        .jobs
         .reconcile_grace_secs
         .saturating_mul(1000)
-        .max(state.settings.upstream.request_timeout_ms);
+        .saturating_add(settings.upstream.request_timeout_ms)
+        .saturating_add(settings.database.busy_timeout_ms);
     TimeDelta::milliseconds(i64::try_from(millis).unwrap_or(i64::MAX / 1000))
 }
 
@@ -230,12 +235,35 @@ pub async fn settle_deployed(
     }
     let seen: Vec<String> = found.iter().map(|vm| vm.id.canonical()).collect();
     let recorded = deployments::vm_ids(&mut tx, &deployment.id).await?;
+    let since = deployment.forwarded_at.unwrap_or(deployment.updated_at);
+    // A VM the answer named but Fluence never lists (removed before it was ever seen) would
+    // keep the hold forever; after a generous wait it is recorded as gone.
+    if at >= since + NEVER_LISTED_AFTER {
+        for id in recorded.iter().filter(|id| !seen.contains(id)) {
+            if vms::mark_deleted(&mut tx, id, at).await? {
+                audit_step(&mut tx, deployment, "vm.never_listed",
+                    json!({"vm": id, "message": "named in the deploy answer but never listed by Fluence; recorded as gone"}), at).await?;
+            }
+        }
+    }
     let deleted = deployments::deleted_vm_ids(&mut tx, &deployment.id).await?;
     let all_seen = recorded
         .iter()
         .all(|id| seen.contains(id) || deleted.contains(id));
+    // The hold turns into the VMs' own commitment only once that can be counted: each VM shows
+    // its next billing instant (or is no longer billed), and when fewer VMs than asked for
+    // exist, the rest have had the grace period to appear.
+    let billable_known = found.iter().all(|vm| {
+        vm.next_billing_at.is_some() || matches!(vm.status.as_str(), "Terminated" | "Stopped")
+    });
+    let stragglers_waited =
+        recorded.len() >= deployment.instances as usize || at >= since + grace(state);
     let mut settled = false;
-    if all_seen && deployments::mark_settled(&mut tx, &deployment.id, at).await? {
+    if all_seen
+        && billable_known
+        && stragglers_waited
+        && deployments::mark_settled(&mut tx, &deployment.id, at).await?
+    {
         deployments::release_hold(&mut tx, &deployment.id, at).await?;
         audit_step(
             &mut tx,
@@ -251,6 +279,10 @@ pub async fn settle_deployed(
     tx.commit().await?;
     Ok(settled)
 }
+
+/// How long a VM named in a deploy answer may stay out of Fluence's list before it is recorded
+/// as gone (and its deployment's hold can settle).
+pub const NEVER_LISTED_AFTER: TimeDelta = TimeDelta::hours(1);
 
 /// How long after a deployment was declared failed its VMs are still looked for.
 pub const LATE_ARRIVAL_WINDOW: TimeDelta = TimeDelta::days(7);

@@ -319,6 +319,12 @@ async fn estimate_and_admit(
         Err(error) => return Err(error.into()),
     };
     let at = now();
+    if spec.start_before.is_some_and(|deadline| at >= deadline) {
+        // The estimate came too late (Fluence was unreachable, or a backlog): a deployment
+        // that had to start before now does not start at all.
+        expire(state, deployment).await?;
+        return Ok(Status::Expired);
+    }
     let price = estimate.max_price_per_epoch;
     let may_wait = spec.start_before.is_some_and(|deadline| at < deadline);
     match price_verdict(
@@ -552,8 +558,9 @@ async fn forward(state: &AppState, deployment: &Deployment) -> Result<Status, St
     let fp = &state.settings.failpoints;
     for attempt in 1..=SEND_ATTEMPTS {
         // The intent, durable before anything leaves: from here a crash is reconciled.
-        let sent_at = now();
         let mut tx = state.store.begin_write().await?;
+        // Taken with the write lock held, so the time a call may be out is counted from here.
+        let sent_at = now();
         let moved = deployments::transition(
             &mut tx,
             &deployment.id,
@@ -672,9 +679,12 @@ pub(crate) async fn record_deployed(
         deployment,
         spec,
         vms,
-        &[Status::Deploying, Status::Unknown],
+        // `failed` too: if another process declared it failed while this call was out, the
+        // VMs the answer names exist all the same, and they win.
+        &[Status::Deploying, Status::Unknown, Status::Failed],
         Changes {
             reason,
+            reopen: true,
             ..Changes::default()
         },
         action,

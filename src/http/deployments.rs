@@ -2,8 +2,9 @@
 //! The request is validated whole before anything is stored; the pipeline (`deploy`) does the
 //! rest in the background, so the answer is a 202 with the deployment as queued.
 
+use axum::Extension;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -12,6 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::extract::{JsonBody, Query, RequestId};
+use super::idempotency::Claimed;
 use super::page::{List, Page};
 use crate::auth::Principal;
 use crate::deploy::Spec;
@@ -232,7 +234,7 @@ async fn create_deployment(
     State(state): State<AppState>,
     principal: Principal,
     RequestId(request_id): RequestId,
-    headers: HeaderMap,
+    claimed: Option<Extension<Claimed>>,
     Query(params): Query<CreateParams>,
     body: JsonBody,
 ) -> Result<axum::response::Response, ApiError> {
@@ -256,7 +258,8 @@ async fn create_deployment(
         return Ok(axum::Json(dry_run_of(&state, &team, &spec).await?).into_response());
     }
 
-    let key = idempotency_key(&headers);
+    // Set by the idempotency layer when the request carries an `Idempotency-Key`.
+    let claimed = claimed.map(|Extension(c)| c);
     let at = now();
     let id = new_id("dep");
     let per_vm = resources_of(&spec.configuration, spec.extra_storage_gib())
@@ -277,7 +280,8 @@ async fn create_deployment(
         epochs: None,
         reason_code: None,
         reason: None,
-        idempotency_key: key.clone(),
+        idempotency_key: claimed.as_ref().map(|c| c.scoped_key.clone()),
+        request_hash: claimed.as_ref().map(|c| c.request_hash.clone()),
         created_by: principal.actor.clone(),
         created_at: at,
         updated_at: at,
@@ -289,12 +293,13 @@ async fn create_deployment(
     let mut tx = state.store.begin_write().await?;
     // The idempotency record may have been lost with a crash between this insert and the
     // record's completion; the deployment itself remembers its key, so a retry finds it.
-    if let Some(key) = &key {
+    if let Some(claimed) = &claimed {
         let since = at - retention(&state);
-        if let Some(existing) =
-            deployments::by_idempotency_key(&mut tx, team.id.as_str(), key, since).await?
-        {
-            if existing.spec != deployment.spec {
+        let existing =
+            deployments::by_idempotency_key(&mut tx, team.id.as_str(), &claimed.scoped_key, since)
+                .await?;
+        if let Some(existing) = existing {
+            if existing.request_hash.as_deref() != Some(claimed.request_hash.as_str()) {
                 return Err(ApiError::IdempotencyKeyReused);
             }
             let vms = deployments::vm_ids(&mut tx, &existing.id).await?;
@@ -340,13 +345,6 @@ fn retention(state: &AppState) -> chrono::TimeDelta {
     chrono::TimeDelta::hours(
         i64::try_from(state.settings.jobs.idempotency_retention_hours).unwrap_or(i64::MAX / 7200),
     )
-}
-
-fn idempotency_key(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
 }
 
 /// Checks every field, resolving what the request leaves to the gateway (the configuration,
@@ -536,7 +534,7 @@ fn port_of((port, protocol): (u16, PortProtocol)) -> Port {
     }
 }
 
-fn unavailable(error: crate::fluence::FluenceError) -> ApiError {
+fn unavailable(error: String) -> ApiError {
     tracing::warn!(%error, "Fluence catalog unavailable");
     ApiError::UpstreamUnavailable(
         "Fluence's catalog cannot be read right now; nothing was stored. Retry later.".into(),

@@ -27,14 +27,33 @@ pub const MAX_KEY_LEN: usize = 255;
 /// process died) the key may be claimed again. Longer than any request may run.
 const LOCK: TimeDelta = TimeDelta::minutes(5);
 
+/// What an outer layer tells the handler about the request's `Idempotency-Key`: the key within
+/// its scope, and the digest of the request it was first used for.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub scoped_key: String,
+    pub request_hash: String,
+}
+
+/// Keys are per team; an admin key (which has no team) is its own scope.
+pub fn scope_of(principal: &Principal) -> String {
+    match &principal.team {
+        Some(team) => format!("team:{team}"),
+        None => format!("admin:{}", principal.actor),
+    }
+}
+
 pub async fn layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let changes_state = matches!(
         *request.method(),
         Method::POST | Method::PATCH | Method::DELETE | Method::PUT
     );
-    let dry_run = request.uri().query().is_some_and(|q| {
-        form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "dry_run" && v == "true")
-    });
+    // Only the deployments route knows `dry_run`; anywhere else the parameter is refused by the
+    // route (or ignored), and must not switch idempotency off.
+    let dry_run = request.uri().path() == "/v1/deployments"
+        && request.uri().query().is_some_and(|q| {
+            form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "dry_run" && v == "true")
+        });
     let Some(key) = request.headers().get(HEADER).cloned() else {
         return next.run(request).await;
     };
@@ -78,10 +97,7 @@ async fn run(
     let bytes = to_bytes(body, state.settings.server.body_limit_bytes)
         .await
         .map_err(|_| ApiError::PayloadTooLarge.into_response())?;
-    let scope = match &principal.team {
-        Some(team) => format!("team:{team}"),
-        None => format!("admin:{}", principal.actor),
-    };
+    let scope = scope_of(&principal);
     let mut hasher = Sha256::new();
     hasher.update(parts.method.as_str().as_bytes());
     hasher.update(b" ");
@@ -151,10 +167,31 @@ async fn run(
         .hit("idempotency.after_claim")
         .await;
 
+    parts.extensions.insert(Claimed {
+        scoped_key: format!("{scope}|{key}"),
+        request_hash: request_hash.clone(),
+    });
     let request = Request::from_parts(parts, Body::from(bytes));
     let store = state.store.clone();
     let task = tokio::spawn(async move {
-        let response = next.run(request).await;
+        // The handler in a task of its own, so that a panic in it is seen here and the claim
+        // is dropped (the client may retry) instead of staying in flight.
+        let response = match tokio::spawn(next.run(request)).await {
+            Ok(response) => response,
+            Err(error) => {
+                let forgotten = async {
+                    let mut tx = store.begin_write().await?;
+                    idempotency::forget(&mut tx, &scope, &key).await?;
+                    tx.commit().await?;
+                    Ok::<(), crate::store::StoreError>(())
+                }
+                .await;
+                if let Err(error) = forgotten {
+                    tracing::error!(%error, "idempotency claim of a failed request could not be dropped");
+                }
+                return ApiError::internal(error).into_response();
+            }
+        };
         let (parts, body) = response.into_parts();
         // Handlers answer with small JSON bodies; the cap only guards against a surprise.
         let bytes = to_bytes(body, 1 << 20).await.unwrap_or_default();

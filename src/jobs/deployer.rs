@@ -66,14 +66,14 @@ pub async fn run(state: &AppState) -> Result<String, String> {
         .await
         .map_err(|e| format!("database: {e}"))?
     };
-    let (mut reconciled, mut settled) = (0, 0);
+    let (mut reconciled, mut settled, mut late_adopted) = (0, 0, 0);
     if !pending.is_empty() || !late.is_empty() {
         match state.fluence.list_vms().await {
             Ok(vms) => {
                 let listing = Listing::new(vms);
                 for deployment in &late {
                     match reconcile::adopt_late(state, deployment, &listing).await {
-                        Ok(adopted) => reconciled += usize::from(adopted),
+                        Ok(adopted) => late_adopted += usize::from(adopted),
                         Err(error) => errors.push(format!("{}: {error}", deployment.id)),
                     }
                 }
@@ -96,8 +96,8 @@ pub async fn run(state: &AppState) -> Result<String, String> {
         }
     }
     let summary = format!(
-        "{advanced} advanced, {reconciled} reconciled, {settled} settled, {} waiting on Fluence",
-        pending.len() - reconciled - settled
+        "{advanced} advanced, {reconciled} reconciled, {settled} settled, {late_adopted} adopted late, {} waiting on Fluence",
+        pending.len().saturating_sub(reconciled + settled)
     );
     if errors.is_empty() {
         Ok(summary)

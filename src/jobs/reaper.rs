@@ -38,11 +38,28 @@ pub async fn run(state: &AppState) -> Result<String, String> {
         .map(|(_, _, fluence_id)| VmId::new(fluence_id.clone()))
         .collect();
     // Upstream first: a VM marked deleted here but alive at Fluence would be billed unseen.
-    state
-        .fluence
-        .delete_vms(&ids)
-        .await
-        .map_err(|e| format!("deleting {} expired VMs: {e}", ids.len()))?;
+    // One call for the batch; if it fails (one VM already gone can fail it whole), Fluence's
+    // list says which are still there, and those are deleted one by one, so a single stray id
+    // never blocks the rest.
+    let mut failures = Vec::new();
+    if let Err(error) = state.fluence.delete_vms(&ids).await {
+        tracing::warn!(%error, "batch delete of expired VMs failed; deleting one by one");
+        let listed = listed_ids(state).await?;
+        for id in ids.iter().filter(|id| listed.contains(&id.canonical())) {
+            if let Err(error) = state.fluence.delete_vms(std::slice::from_ref(id)).await {
+                failures.push(format!("{}: {error}", id.as_str()));
+            }
+        }
+    }
+    let still_there = if failures.is_empty() {
+        Vec::new()
+    } else {
+        listed_ids(state).await?
+    };
+    let expired: Vec<_> = expired
+        .into_iter()
+        .filter(|(id, _, _)| !still_there.contains(id))
+        .collect();
     let at = now();
     let mut tx = state.store.begin_write().await.map_err(|e| e.to_string())?;
     let mut deleted = 0;
@@ -69,5 +86,24 @@ pub async fn run(state: &AppState) -> Result<String, String> {
         }
     }
     tx.commit().await.map_err(db)?;
-    Ok(format!("{deleted} VMs past their TTL deleted"))
+    if failures.is_empty() {
+        Ok(format!("{deleted} VMs past their TTL deleted"))
+    } else {
+        Err(format!(
+            "{deleted} VMs past their TTL deleted; not deleted: {}",
+            failures.join("; ")
+        ))
+    }
+}
+
+/// The ids of every VM in Fluence's list, canonical.
+async fn listed_ids(state: &AppState) -> Result<Vec<String>, String> {
+    Ok(state
+        .fluence
+        .list_vms()
+        .await
+        .map_err(|e| format!("listing Fluence's VMs: {e}"))?
+        .into_iter()
+        .map(|vm| vm.id.canonical())
+        .collect())
 }

@@ -29,7 +29,9 @@ pub struct Deployment {
     pub epochs: Option<i64>,
     pub reason_code: Option<String>,
     pub reason: Option<Value>,
+    /// `<scope>|<key>` of the `Idempotency-Key` it was made with.
     pub idempotency_key: Option<String>,
+    pub request_hash: Option<String>,
     pub created_by: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -41,7 +43,7 @@ pub struct Deployment {
 
 const COLUMNS: &str = "id, team_id, name, upstream_name, status, spec, instances, configuration, \
     vcpus, ram_gib, storage_gib, estimate, max_price_micros, commitment_micros, epochs, \
-    reason_code, reason, idempotency_key, created_by, created_at, updated_at, forwarded_at, \
+    reason_code, reason, idempotency_key, request_hash, created_by, created_at, updated_at, forwarded_at, \
     unknown_since, settled_at, next_check_at";
 
 fn json(text: Option<String>) -> Result<Option<Value>, sqlx::Error> {
@@ -89,6 +91,7 @@ fn decode(row: &sqlx::sqlite::SqliteRow) -> Result<Deployment, sqlx::Error> {
         reason_code: row.try_get("reason_code")?,
         reason: json(row.try_get("reason")?)?,
         idempotency_key: row.try_get("idempotency_key")?,
+        request_hash: row.try_get("request_hash")?,
         created_by: row.try_get("created_by")?,
         created_at: from_db(&created_at)?,
         updated_at: from_db(&updated_at)?,
@@ -106,7 +109,7 @@ fn micros(amount: Option<Usdc>) -> Option<i64> {
 pub async fn insert(conn: &mut SqliteConnection, d: &Deployment) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
         "INSERT INTO deployments ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
-         ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)"
+         ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)"
     ))
     .bind(&d.id)
     .bind(&d.team_id)
@@ -126,6 +129,7 @@ pub async fn insert(conn: &mut SqliteConnection, d: &Deployment) -> Result<(), s
     .bind(&d.reason_code)
     .bind(d.reason.as_ref().map(Value::to_string))
     .bind(&d.idempotency_key)
+    .bind(&d.request_hash)
     .bind(&d.created_by)
     .bind(to_db(d.created_at))
     .bind(to_db(d.updated_at))
@@ -148,7 +152,7 @@ pub async fn get(conn: &mut SqliteConnection, id: &str) -> Result<Option<Deploym
         .transpose()
 }
 
-/// The team's deployment made with this `Idempotency-Key` since `since`, if any.
+/// The team's deployment made with this scoped `Idempotency-Key` since `since`, if any.
 pub async fn by_idempotency_key(
     conn: &mut SqliteConnection,
     team_id: &str,

@@ -76,6 +76,7 @@ impl Gateway {
             .env("GATEWAY__JOBS__DEPLOYER_INTERVAL_SECS", "1")
             .env("GATEWAY__JOBS__RECONCILE_GRACE_SECS", "0")
             .env("GATEWAY__UPSTREAM__REQUEST_TIMEOUT_MS", "1000")
+            .env("GATEWAY__DATABASE__BUSY_TIMEOUT_MS", "500")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -18,6 +18,7 @@ async fn manual_app(extra: &[(&str, &str)]) -> TestApp {
         ("GATEWAY__JOBS__REAPER_INTERVAL_SECS", "3600"),
         ("GATEWAY__JOBS__RECONCILE_GRACE_SECS", "0"),
         ("GATEWAY__UPSTREAM__REQUEST_TIMEOUT_MS", "1500"),
+        ("GATEWAY__DATABASE__BUSY_TIMEOUT_MS", "500"),
         ("GATEWAY__RATE_LIMIT__PER_KEY_BURST", "100000"),
     ];
     env.extend_from_slice(extra);
@@ -616,9 +617,16 @@ async fn a_partial_creation_is_adopted_without_a_top_up_a6() {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    for _ in 0..3 {
+    for _ in 0..2 {
         app.run_job("deployer").await;
     }
+    // The other two may still appear: the hold stays until the grace period has passed.
+    let adopted = app.deployment(&id).await;
+    assert_eq!(adopted["status"], "deployed", "{adopted}");
+    assert!(adopted["settled_at"].is_null(), "{adopted}");
+    assert_ne!(budget(&app, "ml").await["reserved"], "0");
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    app.run_job("deployer").await;
     let settled = app.deployment(&id).await;
     assert_eq!(settled["status"], "deployed", "{settled}");
     assert_eq!(settled["reason"]["code"], "partial");
@@ -809,7 +817,7 @@ async fn no_hold_is_left_after_a_mixed_run_c5() {
     .await;
     id_of(&app.deploy(&tiny, None, deploy_body("poor", 1)).await);
     // A lost answer waits out the grace (the upstream timeout) before it is declared failed.
-    tokio::time::sleep(std::time::Duration::from_millis(1600)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     for _ in 0..3 {
         app.run_job("deployer").await;
     }
@@ -899,4 +907,47 @@ fn the_hold_is_never_below_the_charges_near_billing_time_t1() {
         }
     }
     assert!(cases >= 3660 * 2);
+}
+
+/// VMs that show up only after their deployment was declared failed are adopted, not lost.
+#[tokio::test]
+async fn vms_appearing_after_the_grace_period_are_adopted_late() {
+    let (app, id, name) = deploy_with_fault(
+        &[],
+        json!({"endpoint": "POST /vms/v3", "fault": "error_before_commit", "status": 503, "count": 1}),
+    )
+    .await;
+    app.run_job("deployer").await;
+    assert_eq!(app.deployment(&id).await["status"], "unknown");
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    app.run_job("deployer").await;
+    let failed = app.deployment(&id).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["reason"]["code"], "not_created");
+    assert_eq!(budget(&app, "ml").await["reserved"], "0");
+
+    // Fluence acts on it after all: VMs of that name appear.
+    let sim = app.sim.as_ref().unwrap_or_else(|| panic!("no simulator"));
+    let created = app
+        .http
+        .post(format!("{}/vms/v3", sim.base_url()))
+        .header("x-api-key", crate::helpers::SIM_KEY)
+        .json(&json!({"instances": 2,
+            "constraints": {"basicConfiguration": "cpu-2-ram-4gb-storage-25gb"},
+            "vmConfiguration": {"name": name, "osImage": "https://example.com/a.qcow2",
+                                "openPorts": [], "sshKeys": [crate::helpers::SSH_KEY]}}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(created.status().is_success());
+    app.run_job("deployer").await;
+    app.run_job("deployer").await;
+    let adopted = app.deployment(&id).await;
+    assert_eq!(adopted["status"], "deployed", "{adopted}");
+    assert_eq!(adopted["reason"]["code"], "adopted_late");
+    assert_eq!(adopted["vms"].as_array().map(Vec::len), Some(2));
+    assert!(adopted["settled_at"].is_string(), "{adopted}");
+    let status = budget(&app, "ml").await;
+    assert_eq!(status["reserved"], "0");
+    assert_ne!(status["committed"], "0", "the adopted VMs count: {status}");
 }

@@ -226,4 +226,27 @@ async fn other_state_changing_routes_replay_too_but_never_keep_a_secret() {
         .call(Method::GET, "/v1/teams/ml/keys", Some(ADMIN_TOKEN), None)
         .await;
     assert_eq!(keys.json["items"].as_array().map(Vec::len), Some(1));
+
+    // `dry_run` means something only to deployments; elsewhere it cannot switch the key off.
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let response = app
+            .http
+            .post(app.url("/v1/teams/ml/keys?dry_run=true"))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("idempotency-key", "mint-2")
+            .json(&json!({"name": "ci2", "role": "member"}))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        statuses.push(Reply::read(response).await.status);
+    }
+    let keys = app
+        .call(Method::GET, "/v1/teams/ml/keys", Some(ADMIN_TOKEN), None)
+        .await;
+    let minted = keys.json["items"].as_array().map_or(0, Vec::len) - 1;
+    assert!(
+        minted <= 1,
+        "{statuses:?}: at most one more key, got {minted}"
+    );
 }

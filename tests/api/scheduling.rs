@@ -189,3 +189,51 @@ async fn jobs_report_their_runs_and_unknown_jobs_are_404() {
         .await;
     assert_eq!(unknown.status, 404);
 }
+
+/// A VM deleted behind the gateway's back must not jam the reaper for every other one.
+#[tokio::test]
+async fn the_reaper_is_not_blocked_by_a_vm_that_is_already_gone() {
+    let app = app().await;
+    app.create_team("ml", "500").await;
+    let member = app.mint_key("ml", "member").await;
+    let mut body = deploy_body("short", 2);
+    body["ttl_hours"] = json!(1);
+    let id = app.deploy(&member, None, body).await.json["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    app.run_job("deployer").await;
+    let vms = app.deployment(&id).await["vms"].clone();
+    let gone = vms[0].as_str().unwrap_or_default().to_owned();
+    let sim = app.sim.as_ref().unwrap_or_else(|| panic!("no simulator"));
+    let deleted = app
+        .http
+        .delete(format!("{}/vms/v3", sim.base_url()))
+        .header("x-api-key", crate::helpers::SIM_KEY)
+        .json(&json!({"vmIds": [gone]}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(deleted.status().is_success());
+    let store = app.store().await;
+    sqlx::query("UPDATE vms SET expires_at = '2000-01-01T00:00:00.000000Z'")
+        .execute(store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let run = app.run_job("reaper").await;
+    assert_eq!(run["last_outcome"], "ok", "{run}");
+    let state = app.sim_state().await;
+    assert!(
+        state["vms"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|vm| vm["deleted_at"].is_string()),
+        "{state}"
+    );
+    let live: i64 = sqlx::query_scalar("SELECT count(*) FROM vms WHERE deleted_at IS NULL")
+        .fetch_one(store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(live, 0);
+}
