@@ -32,6 +32,7 @@ pub struct Settings {
     pub upstream: UpstreamSettings,
     pub simulator: SimulatorSettings,
     pub jobs: JobSettings,
+    pub webhook: WebhookSettings,
     pub log: LogSettings,
     #[serde(skip)]
     pub secrets: Secrets,
@@ -127,6 +128,21 @@ pub struct SimulatorSettings {
     pub initial_balance: Usdc,
 }
 
+/// Where budget events are sent. An empty `url` means none.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    pub url: String,
+    pub timeout_ms: u64,
+    pub max_attempts: u32,
+}
+
+impl WebhookSettings {
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct JobSettings {
@@ -135,6 +151,7 @@ pub struct JobSettings {
     pub prices_interval_secs: u64,
     pub catalog_interval_secs: u64,
     pub reaper_interval_secs: u64,
+    pub webhooks_interval_secs: u64,
     pub deployer_concurrency: u32,
     pub price_recheck_secs: u64,
     pub reconcile_grace_secs: u64,
@@ -162,6 +179,8 @@ pub struct LogSettings {
 pub struct Secrets {
     pub fluence_api_key: Option<SecretString>,
     pub admin_token: Option<SecretString>,
+    /// The key webhook bodies are signed with (HMAC-SHA256).
+    pub webhook_secret: Option<SecretString>,
 }
 
 /// Why the configuration cannot be used. Each message names the key or variable at fault.
@@ -241,6 +260,7 @@ impl Settings {
         settings.secrets = Secrets {
             fluence_api_key: secret(&env, "FLUENCE_API_KEY")?,
             admin_token: secret(&env, "GATEWAY_ADMIN_TOKEN")?,
+            webhook_secret: secret(&env, "GATEWAY_WEBHOOK_SECRET")?,
         };
         if let Some(token) = &settings.secrets.admin_token {
             check_admin_token(token)?;
@@ -325,6 +345,12 @@ impl Settings {
             ),
             ("jobs.reaper_interval_secs", self.jobs.reaper_interval_secs),
             (
+                "jobs.webhooks_interval_secs",
+                self.jobs.webhooks_interval_secs,
+            ),
+            ("webhook.timeout_ms", self.webhook.timeout_ms),
+            ("webhook.max_attempts", u64::from(self.webhook.max_attempts)),
+            (
                 "jobs.deployer_concurrency",
                 u64::from(self.jobs.deployer_concurrency),
             ),
@@ -336,6 +362,19 @@ impl Settings {
         for (key, value) in positive {
             if value == 0 {
                 problems.push(format!("{key} must be greater than 0"));
+            }
+        }
+        if self.webhook.enabled() {
+            if !(self.webhook.url.starts_with("https://")
+                || self.webhook.url.starts_with("http://"))
+            {
+                problems.push("webhook.url must be an http(s) URL".to_owned());
+            }
+            if self.secrets.webhook_secret.is_none() {
+                problems.push(
+                    "webhook.url is set but GATEWAY_WEBHOOK_SECRET (or GATEWAY_WEBHOOK_SECRET_FILE) is not: deliveries are always signed"
+                        .to_owned(),
+                );
             }
         }
         // Upper bounds keep every duration derived from these far inside chrono's range.

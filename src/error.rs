@@ -129,6 +129,9 @@ pub enum ApiError {
     IdempotencyKeyReused,
     #[error("upstream unavailable: {0}")]
     UpstreamUnavailable(String),
+    /// Fluence refused a change the gateway forwarded (its body is never passed through).
+    #[error("upstream rejected: {0}")]
+    UpstreamRejected(String),
     /// The database cannot answer now (locked past the busy timeout, full, I/O error): the
     /// request is refused whole, and may be retried.
     #[error("service unavailable: {0}")]
@@ -190,6 +193,9 @@ impl ApiError {
                 "idempotency_key_reused",
                 "This Idempotency-Key was used with a different request; use a new key for a new request.",
             ),
+            ApiError::UpstreamRejected(detail) => {
+                Problem::new(StatusCode::BAD_GATEWAY, "upstream_rejected", detail)
+            }
             ApiError::UpstreamUnavailable(detail) => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream_unavailable",

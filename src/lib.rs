@@ -4,6 +4,7 @@
 //! spend and prices in SQLite, and runs every deploy through a budget-checked pipeline.
 
 pub mod admin;
+pub mod alerts;
 pub mod auth;
 pub mod cli;
 pub mod config;
@@ -13,11 +14,13 @@ pub mod error;
 pub mod failpoint;
 pub mod fluence;
 pub mod http;
+pub mod inventory;
 pub mod jobs;
 pub mod simulator;
 pub mod startup;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod webhook;
 
 pub use startup::run;

@@ -15,7 +15,7 @@ use crate::state::AppState;
 use crate::store::deployments::{self, Changes, Deployment, NewVm};
 use crate::store::idempotency;
 use crate::store::time::now;
-use crate::store::vms::{self, Sighting};
+use crate::store::vms;
 
 /// Fluence's VMs, grouped by name for matching.
 pub struct Listing {
@@ -222,13 +222,7 @@ pub async fn settle_deployed(
         vms::observe(
             &mut tx,
             &vm.id.canonical(),
-            &Sighting {
-                status: vm.status.as_str(),
-                price_per_epoch: vm.price_per_epoch,
-                total_spent: vm.total_spent,
-                reserved_balance: vm.reserved_balance,
-                next_billing_at: vm.next_billing_at,
-            },
+            &crate::inventory::sighting_of(vm),
             at,
         )
         .await?;

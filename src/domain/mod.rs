@@ -8,5 +8,6 @@ pub mod ids;
 pub mod image;
 pub mod money;
 pub mod period;
+pub mod ports;
 pub mod quota;
 pub mod team;

@@ -12,7 +12,9 @@ pub mod keys;
 pub mod limits;
 pub mod page;
 pub mod problem;
+pub mod spend;
 pub mod teams;
+pub mod vms;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -137,6 +139,8 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(audit::router())
         .merge(deployments::router())
         .merge(jobs::router())
+        .merge(vms::router())
+        .merge(spend::router())
         .split_for_parts();
     // After the merge: the operations exist only now.
     utoipa::Modify::modify(&ProblemResponses, &mut document);

@@ -21,16 +21,25 @@ use crate::state::AppState;
 #[serde(rename_all = "snake_case")]
 pub enum JobName {
     Deployer,
+    Inventory,
     Reaper,
+    Webhooks,
 }
 
 impl JobName {
-    pub const ALL: [JobName; 2] = [JobName::Deployer, JobName::Reaper];
+    pub const ALL: [JobName; 4] = [
+        JobName::Deployer,
+        JobName::Inventory,
+        JobName::Reaper,
+        JobName::Webhooks,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             JobName::Deployer => "deployer",
+            JobName::Inventory => "inventory",
             JobName::Reaper => "reaper",
+            JobName::Webhooks => "webhooks",
         }
     }
 
@@ -41,7 +50,9 @@ impl JobName {
     fn interval(self, settings: &JobSettings) -> Duration {
         Duration::from_secs(match self {
             JobName::Deployer => settings.deployer_interval_secs,
+            JobName::Inventory => settings.inventory_interval_secs,
             JobName::Reaper => settings.reaper_interval_secs,
+            JobName::Webhooks => settings.webhooks_interval_secs,
         })
     }
 }
@@ -131,7 +142,9 @@ impl Jobs {
         let clock = Instant::now();
         let outcome = match job {
             JobName::Deployer => deployer::run(state).await,
+            JobName::Inventory => crate::inventory::sync(state).await,
             JobName::Reaper => reaper::run(state).await,
+            JobName::Webhooks => crate::webhook::deliver_due(state).await,
         };
         let mut status = lock(&entry.status);
         status.running = false;

@@ -8,6 +8,7 @@ pub mod deployments;
 pub mod idempotency;
 pub mod keys;
 pub mod meta;
+pub mod spend;
 pub mod teams;
 pub mod time;
 pub mod vms;

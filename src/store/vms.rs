@@ -1,9 +1,11 @@
-//! The VM inventory as Fluence's list shows it, and the ledger of what each VM was charged.
+//! The VM inventory as Fluence's list shows it, the ledger of what each VM was charged, and the
+//! events of each VM's life.
 
 use chrono::{DateTime, Utc};
-use sqlx::{Row, SqliteConnection};
+use serde_json::Value;
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
-use super::time::to_db;
+use super::time::{from_db, from_db_opt, to_db};
 use crate::domain::money::Usdc;
 
 /// One VM as a listing of Fluence's showed it.
@@ -14,41 +16,92 @@ pub struct Sighting<'a> {
     pub total_spent: Usdc,
     pub reserved_balance: Usdc,
     pub next_billing_at: Option<DateTime<Utc>>,
+    pub public_ip: Option<&'a str>,
+    /// `{country, city, tier}`, or null once the provider terminated it.
+    pub datacenter: Value,
+    /// `[{port, protocol}]`.
+    pub open_ports: Value,
+    pub os_image: Option<&'a str>,
 }
 
-/// Brings a known VM up to date with a sighting, and records any rise of its `totalSpent` as a
-/// charge in the ledger. Returns false when the VM is not in the inventory.
+/// What a sighting changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// The VM is in the inventory.
+    pub known: bool,
+    /// The micro-USDC charged since the last sighting.
+    pub charged: i64,
+    pub status_changed: bool,
+    /// It was seen `Terminated` for the first time.
+    pub newly_terminated: bool,
+}
+
+/// Brings a known VM up to date with a sighting: a rise of its `totalSpent` is a charge in the
+/// ledger, a status change an event. A charge is dated at the billing instant that fell due
+/// since the last sighting (Fluence's calendar, not the moment the gateway happened to look),
+/// or at the sighting when no instant was known.
 pub async fn observe(
     conn: &mut SqliteConnection,
     id: &str,
     seen: &Sighting<'_>,
     at: DateTime<Utc>,
-) -> Result<bool, sqlx::Error> {
-    let Some(row) = sqlx::query("SELECT team_id, total_spent_micros FROM vms WHERE id = ?1")
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?
+) -> Result<Observed, sqlx::Error> {
+    let Some(row) = sqlx::query(
+        "SELECT team_id, total_spent_micros, status, next_billing_at, terminated_at FROM vms WHERE id = ?1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?
     else {
-        return Ok(false);
+        return Ok(Observed::default());
     };
     let team_id: Option<String> = row.try_get("team_id")?;
     let before: i64 = row.try_get("total_spent_micros")?;
+    let old_status: String = row.try_get("status")?;
+    let due: Option<DateTime<Utc>> = from_db_opt(row.try_get("next_billing_at")?)?;
+    let terminated_at: Option<String> = row.try_get("terminated_at")?;
     let now_spent = seen.total_spent.micros();
+    let charged = now_spent.saturating_sub(before).max(0);
     // totalSpent only grows; a smaller figure (a provider correction) is kept, not charged back.
-    if now_spent > before {
+    if charged > 0 {
+        let charged_at = due.filter(|due| *due <= at).unwrap_or(at);
         sqlx::query(
             "INSERT INTO ledger (vm_id, team_id, amount_micros, at) VALUES (?1, ?2, ?3, ?4)",
         )
         .bind(id)
         .bind(&team_id)
-        .bind(now_spent - before)
-        .bind(to_db(at))
+        .bind(charged)
+        .bind(to_db(charged_at))
         .execute(&mut *conn)
         .await?;
     }
+    // `Deleted` is the gateway's own; Fluence's list never says it, so it is not a change.
+    let status_changed = old_status != seen.status && old_status != "Deleted";
+    let newly_terminated = seen.status == "Terminated" && terminated_at.is_none();
+    if status_changed {
+        let kind = if newly_terminated {
+            "terminated_by_provider"
+        } else {
+            "status_changed"
+        };
+        event(
+            conn,
+            id,
+            team_id.as_deref(),
+            kind,
+            Some(&old_status),
+            Some(seen.status),
+            None,
+            at,
+        )
+        .await?;
+    }
     sqlx::query(
-        "UPDATE vms SET status = ?2, price_per_epoch_micros = ?3, total_spent_micros = MAX(total_spent_micros, ?4), \
-         reserved_balance_micros = ?5, next_billing_at = ?6, seen_at = ?7 WHERE id = ?1",
+        "UPDATE vms SET status = CASE WHEN deleted_at IS NULL THEN ?2 ELSE status END, \
+         price_per_epoch_micros = ?3, total_spent_micros = MAX(total_spent_micros, ?4), \
+         reserved_balance_micros = ?5, next_billing_at = ?6, seen_at = ?7, public_ip = ?8, \
+         datacenter = ?9, open_ports = ?10, os_image = COALESCE(?11, os_image), \
+         terminated_at = COALESCE(terminated_at, ?12) WHERE id = ?1",
     )
     .bind(id)
     .bind(seen.status)
@@ -57,9 +110,117 @@ pub async fn observe(
     .bind(seen.reserved_balance.micros())
     .bind(seen.next_billing_at.map(to_db))
     .bind(to_db(at))
+    .bind(seen.public_ip)
+    .bind(seen.datacenter.to_string())
+    .bind(seen.open_ports.to_string())
+    .bind(seen.os_image)
+    .bind(newly_terminated.then(|| to_db(at)))
     .execute(&mut *conn)
     .await?;
-    Ok(true)
+    Ok(Observed {
+        known: true,
+        charged,
+        status_changed,
+        newly_terminated,
+    })
+}
+
+/// Records an event of a VM's life.
+#[allow(clippy::too_many_arguments)]
+pub async fn event(
+    conn: &mut SqliteConnection,
+    vm_id: &str,
+    team_id: Option<&str>,
+    kind: &str,
+    from_status: Option<&str>,
+    to_status: Option<&str>,
+    detail: Option<Value>,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO vm_events (vm_id, team_id, at, kind, from_status, to_status, detail) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )
+    .bind(vm_id)
+    .bind(team_id)
+    .bind(to_db(at))
+    .bind(kind)
+    .bind(from_status)
+    .bind(to_status)
+    .bind(detail.map(|d| d.to_string()))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A VM found in Fluence's list that the gateway did not create: recorded without a team, its
+/// charges so far taken as the starting point (they predate the gateway's watch).
+#[derive(Debug, Clone)]
+pub struct Unowned<'a> {
+    pub id: &'a str,
+    pub fluence_id: &'a str,
+    pub name: &'a str,
+    pub created_at: DateTime<Utc>,
+    pub sighting: Sighting<'a>,
+}
+
+pub async fn insert_unowned(
+    conn: &mut SqliteConnection,
+    vm: &Unowned<'_>,
+    at: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let seen = &vm.sighting;
+    let done = sqlx::query(
+        "INSERT INTO vms (id, fluence_id, team_id, deployment_id, name, status, price_per_epoch_micros, \
+         total_spent_micros, reserved_balance_micros, next_billing_at, created_at, seen_at, public_ip, \
+         datacenter, open_ports, os_image) \
+         VALUES (?1, ?2, NULL, NULL, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(vm.id)
+    .bind(vm.fluence_id)
+    .bind(vm.name)
+    .bind(seen.status)
+    .bind(seen.price_per_epoch.micros())
+    .bind(seen.total_spent.micros())
+    .bind(seen.reserved_balance.micros())
+    .bind(seen.next_billing_at.map(to_db))
+    .bind(to_db(vm.created_at))
+    .bind(to_db(at))
+    .bind(seen.public_ip)
+    .bind(seen.datacenter.to_string())
+    .bind(seen.open_ports.to_string())
+    .bind(seen.os_image)
+    .execute(&mut *conn)
+    .await?;
+    if done.rows_affected() == 1 {
+        event(
+            conn,
+            vm.id,
+            None,
+            "discovered_unowned",
+            None,
+            Some(seen.status),
+            Some(serde_json::json!({"name": vm.name})),
+            at,
+        )
+        .await?;
+    }
+    Ok(done.rows_affected() == 1)
+}
+
+/// Live VMs that were seen in an earlier listing, as `(id, team)`.
+pub async fn seen_live(
+    conn: &mut SqliteConnection,
+) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, team_id FROM vms WHERE deleted_at IS NULL AND seen_at IS NOT NULL ORDER BY id",
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get("id")?, row.try_get("team_id")?)))
+        .collect()
 }
 
 /// Live VMs whose TTL has passed, oldest first, with their team.
@@ -87,6 +248,29 @@ pub async fn expired(
         .collect()
 }
 
+/// Owned VMs the provider terminated that are still live here, of teams whose policy is to
+/// finalise them, as `(id, team, fluence id)`.
+pub async fn terminated_to_finalize(
+    conn: &mut SqliteConnection,
+) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT v.id, v.team_id, v.fluence_id FROM vms v JOIN teams t ON t.id = v.team_id \
+         WHERE v.deleted_at IS NULL AND v.terminated_at IS NOT NULL AND t.finalize_terminated = 1 \
+         ORDER BY v.id",
+    )
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get("id")?,
+                row.try_get("team_id")?,
+                row.try_get("fluence_id")?,
+            ))
+        })
+        .collect()
+}
+
 /// Marks a VM deleted (status `Deleted`); false if it already was.
 pub async fn mark_deleted(
     conn: &mut SqliteConnection,
@@ -101,4 +285,142 @@ pub async fn mark_deleted(
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// A VM as the API shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmRecord {
+    pub id: String,
+    pub fluence_id: String,
+    pub team_id: Option<String>,
+    pub deployment_id: Option<String>,
+    pub name: String,
+    pub status: String,
+    pub public_ip: Option<String>,
+    pub price_per_epoch: Usdc,
+    pub total_spent: Usdc,
+    pub reserved_balance: Usdc,
+    pub next_billing_at: Option<DateTime<Utc>>,
+    pub configuration: Option<String>,
+    pub vcpus: i64,
+    pub ram_gib: i64,
+    pub storage_gib: i64,
+    pub datacenter: Value,
+    pub open_ports: Value,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub deleted_at: Option<DateTime<Utc>>,
+    pub terminated_at: Option<DateTime<Utc>>,
+}
+
+const VM_COLUMNS: &str = "id, fluence_id, team_id, deployment_id, name, status, public_ip, \
+    price_per_epoch_micros, total_spent_micros, reserved_balance_micros, next_billing_at, \
+    configuration, vcpus, ram_gib, storage_gib, datacenter, open_ports, created_at, expires_at, \
+    deleted_at, terminated_at";
+
+fn json_or_null(text: Option<String>) -> Value {
+    text.and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null)
+}
+
+fn decode(row: &sqlx::sqlite::SqliteRow) -> Result<VmRecord, sqlx::Error> {
+    let created_at: String = row.try_get("created_at")?;
+    Ok(VmRecord {
+        id: row.try_get("id")?,
+        fluence_id: row.try_get("fluence_id")?,
+        team_id: row.try_get("team_id")?,
+        deployment_id: row.try_get("deployment_id")?,
+        name: row.try_get("name")?,
+        status: row.try_get("status")?,
+        public_ip: row.try_get("public_ip")?,
+        price_per_epoch: Usdc::from_micros(row.try_get("price_per_epoch_micros")?),
+        total_spent: Usdc::from_micros(row.try_get("total_spent_micros")?),
+        reserved_balance: Usdc::from_micros(row.try_get("reserved_balance_micros")?),
+        next_billing_at: from_db_opt(row.try_get("next_billing_at")?)?,
+        configuration: row.try_get("configuration")?,
+        vcpus: row.try_get("vcpus")?,
+        ram_gib: row.try_get("ram_gib")?,
+        storage_gib: row.try_get("storage_gib")?,
+        datacenter: json_or_null(row.try_get("datacenter")?),
+        open_ports: json_or_null(row.try_get("open_ports")?),
+        created_at: from_db(&created_at)?,
+        expires_at: from_db_opt(row.try_get("expires_at")?)?,
+        deleted_at: from_db_opt(row.try_get("deleted_at")?)?,
+        terminated_at: from_db_opt(row.try_get("terminated_at")?)?,
+    })
+}
+
+pub async fn get(conn: &mut SqliteConnection, id: &str) -> Result<Option<VmRecord>, sqlx::Error> {
+    sqlx::query(&format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1"))
+        .bind(id.to_ascii_lowercase())
+        .fetch_optional(conn)
+        .await?
+        .as_ref()
+        .map(decode)
+        .transpose()
+}
+
+/// Whose VMs a listing shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner<'a> {
+    Any,
+    Team(&'a str),
+    Unowned,
+}
+
+/// By id, after `cursor`; deleted ones only when `include_deleted`.
+pub async fn list(
+    conn: &mut SqliteConnection,
+    owner: Owner<'_>,
+    status: Option<&str>,
+    include_deleted: bool,
+    cursor: Option<&str>,
+    limit: u32,
+) -> Result<Vec<VmRecord>, sqlx::Error> {
+    let mut query: QueryBuilder<'_, Sqlite> =
+        QueryBuilder::new(format!("SELECT {VM_COLUMNS} FROM vms WHERE 1 = 1"));
+    match owner {
+        Owner::Any => {}
+        Owner::Team(team) => {
+            query.push(" AND team_id = ").push_bind(team);
+        }
+        Owner::Unowned => {
+            query.push(" AND team_id IS NULL");
+        }
+    }
+    if let Some(status) = status {
+        query.push(" AND status = ").push_bind(status);
+    }
+    if !include_deleted && status != Some("Deleted") {
+        query.push(" AND deleted_at IS NULL");
+    }
+    if let Some(cursor) = cursor {
+        query.push(" AND id > ").push_bind(cursor);
+    }
+    query
+        .push(" ORDER BY id LIMIT ")
+        .push_bind(i64::from(limit));
+    query
+        .build()
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(decode)
+        .collect()
+}
+
+/// Sets the name and ports the gateway just had Fluence apply.
+pub async fn set_name_and_ports(
+    conn: &mut SqliteConnection,
+    id: &str,
+    name: &str,
+    open_ports: &Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE vms SET name = ?2, open_ports = ?3 WHERE id = ?1")
+        .bind(id)
+        .bind(name)
+        .bind(open_ports.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
 }

@@ -10,19 +10,27 @@ use crate::helpers::{ADMIN_TOKEN, Reply, TestApp};
 
 /// Routes a team's own member or viewer key may read. Every other secured route must refuse
 /// team keys: a route added without thought fails here until it is listed.
-const TEAM_READABLE: [(&str, &str); 5] = [
+const TEAM_READABLE: [(&str, &str); 8] = [
     ("GET", "/v1/teams"),
     ("GET", "/v1/teams/{team}"),
     ("GET", "/v1/teams/{team}/budget"),
     ("GET", "/v1/deployments"),
     ("GET", "/v1/deployments/{id}"),
+    ("GET", "/v1/vms"),
+    ("GET", "/v1/vms/{id}"),
+    ("GET", "/v1/spend"),
 ];
 
 /// Routes a team's member key may also change (its team's deployments); viewers may not.
-const MEMBER_WRITABLE: [(&str, &str); 2] = [
+const MEMBER_WRITABLE: [(&str, &str); 4] = [
     ("POST", "/v1/deployments"),
     ("POST", "/v1/deployments/{id}/cancel"),
+    ("PATCH", "/v1/vms/{id}"),
+    ("DELETE", "/v1/vms/{id}"),
 ];
+
+/// A VM of `ml`, already deleted, so that routes naming it can be probed without effect.
+const VICTIM_VM: &str = "0x00000000000000000000000000000000000000aa";
 
 /// A case that must be refused: its name, its headers, and the path with any query.
 type RefusedCase<'a> = (&'a str, Vec<(&'a str, String)>, String);
@@ -34,10 +42,15 @@ struct Route {
 
 impl Route {
     fn path(&self, victim_key: &str, victim_deployment: &str) -> String {
+        let id = if self.template.starts_with("/v1/vms/") {
+            VICTIM_VM
+        } else {
+            victim_deployment
+        };
         self.template
             .replace("{team}", "ml")
             .replace("{key_id}", victim_key)
-            .replace("{id}", victim_deployment)
+            .replace("{id}", id)
     }
 
     fn team_readable(&self) -> bool {
@@ -146,6 +159,16 @@ async fn every_secured_route_refuses_every_bad_credential_and_every_foreign_team
         )
         .await;
     assert_eq!(cancelled.status, 200, "{}", cancelled.text);
+
+    let store = app.store().await;
+    sqlx::query(
+        "INSERT INTO vms (id, fluence_id, team_id, name, status, price_per_epoch_micros, created_at, deleted_at) \
+         VALUES (?1, ?1, 'ml', 'victim', 'Deleted', 1, '2026-01-01T00:00:00.000000Z', '2026-01-02T00:00:00.000000Z')",
+    )
+    .bind(VICTIM_VM)
+    .execute(store.pool())
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
 
     let team_before = app
         .call(Method::GET, "/v1/teams/ml", Some(ADMIN_TOKEN), None)
@@ -259,9 +282,9 @@ async fn every_secured_route_refuses_every_bad_credential_and_every_foreign_team
             let reply = send(&app, route, &path, &[("authorization", &bearer(key))]).await;
             if who == "member" && route.member_writable() {
                 // Allowed, and the probe itself is harmless: an empty body is refused whole,
-                // and the victim deployment is already cancelled.
+                // the victim deployment is already cancelled, the victim VM already deleted.
                 assert!(
-                    matches!(reply.status, 409 | 422),
+                    matches!(reply.status, 204 | 409 | 422),
                     "{who} {} {}: {}",
                     route.method,
                     route.template,

@@ -500,18 +500,35 @@ async fn c1_round(app: &TestApp, team: &str, n: usize, k: usize) -> usize {
         let status = task.await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(status.ok(), Some(202));
     }
-    app.run_job("deployer").await;
-    let listed = app
-        .call(
-            Method::GET,
-            &format!("/v1/deployments?team={team}&limit=500"),
-            Some(ADMIN_TOKEN),
-            None,
-        )
-        .await;
-    let items = listed.json["items"].as_array().cloned().unwrap_or_default();
+    // Until every deployment has been decided: on a loaded machine an estimate may time out,
+    // and that deployment is simply decided on the next run.
+    let mut items = Vec::new();
+    for _ in 0..10 {
+        app.run_job("deployer").await;
+        let listed = app
+            .call(
+                Method::GET,
+                &format!("/v1/deployments?team={team}&limit=500"),
+                Some(ADMIN_TOKEN),
+                None,
+            )
+            .await;
+        items = listed.json["items"].as_array().cloned().unwrap_or_default();
+        let undecided = |d: &Value| matches!(d["status"].as_str(), Some("queued" | "estimating"));
+        if !items.iter().any(undecided) {
+            break;
+        }
+    }
     assert_eq!(items.len(), n);
-    let admitted = items.iter().filter(|d| d["status"] != "rejected").count();
+    let admitted = items
+        .iter()
+        .filter(|d| {
+            matches!(
+                d["status"].as_str(),
+                Some("admitted" | "deploying" | "deployed" | "unknown")
+            )
+        })
+        .count();
     for d in items.iter().filter(|d| d["status"] == "rejected") {
         assert_eq!(d["reason"]["code"], "budget_exceeded", "{d}");
     }
