@@ -2,7 +2,9 @@
 //! (`POST /v1/jobs/{job}/run`), one run at a time, and records its last run for `/v1/jobs`.
 //! Every job is idempotent and keeps its progress in the database, so a restart resumes it.
 
+pub mod catalog;
 mod deployer;
+pub mod prices;
 mod reaper;
 
 use std::sync::Mutex;
@@ -22,15 +24,24 @@ use crate::state::AppState;
 pub enum JobName {
     Deployer,
     Reaper,
+    Prices,
+    Catalog,
 }
 
 impl JobName {
-    pub const ALL: [JobName; 2] = [JobName::Deployer, JobName::Reaper];
+    pub const ALL: [JobName; 4] = [
+        JobName::Deployer,
+        JobName::Reaper,
+        JobName::Prices,
+        JobName::Catalog,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             JobName::Deployer => "deployer",
             JobName::Reaper => "reaper",
+            JobName::Prices => "prices",
+            JobName::Catalog => "catalog",
         }
     }
 
@@ -42,7 +53,18 @@ impl JobName {
         Duration::from_secs(match self {
             JobName::Deployer => settings.deployer_interval_secs,
             JobName::Reaper => settings.reaper_interval_secs,
+            JobName::Prices => settings.prices_interval_secs,
+            JobName::Catalog => settings.catalog_interval_secs,
         })
+    }
+
+    /// Whether the job's first run is at start-up or one interval later. The deployer and the
+    /// reaper pick up what a previous process left, so they start at once. The sampler and the
+    /// catalog refresh wait: their endpoints fetch on first use (`/v1/offers` samples when
+    /// nothing was ever sampled, a stale catalog list is fetched when read), so a restart, or
+    /// a crash loop, sends no burst of marketplace calls.
+    fn runs_at_start(self) -> bool {
+        matches!(self, JobName::Deployer | JobName::Reaper)
     }
 }
 
@@ -132,6 +154,8 @@ impl Jobs {
         let outcome = match job {
             JobName::Deployer => deployer::run(state).await,
             JobName::Reaper => reaper::run(state).await,
+            JobName::Prices => prices::run(state).await,
+            JobName::Catalog => catalog::run(state).await,
         };
         let mut status = lock(&entry.status);
         status.running = false;
@@ -161,8 +185,9 @@ fn lock(status: &Mutex<JobStatus>) -> std::sync::MutexGuard<'_, JobStatus> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Starts every job on its interval, the first run right away (which, for the deployer, picks
-/// up whatever a previous process left). They stop when `stop` is cancelled, between runs.
+/// Starts every job on its interval, the first run right away for the jobs that resume work
+/// (the deployer picks up whatever a previous process left) and after one interval for the
+/// others (see [`JobName::runs_at_start`]). They stop when `stop` is cancelled, between runs.
 pub fn spawn(state: &AppState, stop: &CancellationToken) -> Vec<JoinHandle<()>> {
     JobName::ALL
         .into_iter()
@@ -171,7 +196,13 @@ pub fn spawn(state: &AppState, stop: &CancellationToken) -> Vec<JoinHandle<()>> 
             let stop = stop.clone();
             let every = job.interval(&state.settings.jobs);
             tokio::spawn(async move {
-                let mut ticks = tokio::time::interval(every);
+                let start = tokio::time::Instant::now();
+                let first = if job.runs_at_start() {
+                    start
+                } else {
+                    start.checked_add(every).unwrap_or(start)
+                };
+                let mut ticks = tokio::time::interval_at(first, every);
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
