@@ -157,6 +157,8 @@ pub struct JobSettings {
     pub reconcile_grace_secs: u64,
     pub billing_guard_secs: u64,
     pub idempotency_retention_hours: u64,
+    pub price_retention_days: u64,
+    pub catalog_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -358,6 +360,8 @@ impl Settings {
                 "jobs.idempotency_retention_hours",
                 self.jobs.idempotency_retention_hours,
             ),
+            ("jobs.price_retention_days", self.jobs.price_retention_days),
+            ("jobs.catalog_ttl_secs", self.jobs.catalog_ttl_secs),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -403,6 +407,16 @@ impl Settings {
                 "jobs.idempotency_retention_hours",
                 self.jobs.idempotency_retention_hours,
                 24 * 30,
+            ),
+            (
+                "jobs.price_retention_days",
+                self.jobs.price_retention_days,
+                3650,
+            ),
+            (
+                "jobs.catalog_ttl_secs",
+                self.jobs.catalog_ttl_secs,
+                30 * 86_400,
             ),
             (
                 "upstream.request_timeout_ms",

@@ -27,7 +27,7 @@ async fn list_jobs(
 
 /// Runs a job now (after a run in progress ends) and returns its outcome.
 #[utoipa::path(post, path = "/v1/jobs/{job}/run", tag = "jobs",
-    params(("job" = String, Path, description = "`deployer` or `reaper`")),
+    params(("job" = String, Path, description = "`deployer`, `reaper`, `prices` or `catalog`")),
     responses((status = 200, body = JobStatus), (status = 404)), security(("bearer" = [])))]
 async fn run_job(
     State(state): State<AppState>,

@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod budget;
+pub mod catalog;
 pub mod deployments;
 pub mod docs;
 pub mod extract;
@@ -11,6 +12,7 @@ pub mod jobs;
 pub mod keys;
 pub mod limits;
 pub mod page;
+pub mod prices;
 pub mod problem;
 pub mod spend;
 pub mod teams;
@@ -61,6 +63,8 @@ pub struct Limits {
         (name = "teams", description = "Teams, budgets and quotas"),
         (name = "keys", description = "API keys of a team"),
         (name = "audit", description = "Who changed what"),
+        (name = "prices", description = "Marketplace offers and price history"),
+        (name = "catalog", description = "Fluence's discovery lists, cached"),
     )
 )]
 struct ApiDoc;
@@ -141,6 +145,8 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(jobs::router())
         .merge(vms::router())
         .merge(spend::router())
+        .merge(prices::router())
+        .merge(catalog::router())
         .split_for_parts();
     // After the merge: the operations exist only now.
     utoipa::Modify::modify(&ProblemResponses, &mut document);

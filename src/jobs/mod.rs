@@ -2,7 +2,9 @@
 //! (`POST /v1/jobs/{job}/run`), one run at a time, and records its last run for `/v1/jobs`.
 //! Every job is idempotent and keeps its progress in the database, so a restart resumes it.
 
+pub mod catalog;
 mod deployer;
+pub mod prices;
 mod reaper;
 
 use std::sync::Mutex;
@@ -22,14 +24,18 @@ use crate::state::AppState;
 pub enum JobName {
     Deployer,
     Inventory,
+    Prices,
+    Catalog,
     Reaper,
     Webhooks,
 }
 
 impl JobName {
-    pub const ALL: [JobName; 4] = [
+    pub const ALL: [JobName; 6] = [
         JobName::Deployer,
         JobName::Inventory,
+        JobName::Prices,
+        JobName::Catalog,
         JobName::Reaper,
         JobName::Webhooks,
     ];
@@ -39,6 +45,8 @@ impl JobName {
             JobName::Deployer => "deployer",
             JobName::Inventory => "inventory",
             JobName::Reaper => "reaper",
+            JobName::Prices => "prices",
+            JobName::Catalog => "catalog",
             JobName::Webhooks => "webhooks",
         }
     }
@@ -51,9 +59,20 @@ impl JobName {
         Duration::from_secs(match self {
             JobName::Deployer => settings.deployer_interval_secs,
             JobName::Inventory => settings.inventory_interval_secs,
+            JobName::Prices => settings.prices_interval_secs,
+            JobName::Catalog => settings.catalog_interval_secs,
             JobName::Reaper => settings.reaper_interval_secs,
             JobName::Webhooks => settings.webhooks_interval_secs,
         })
+    }
+
+    /// Whether the job's first run is at start-up or one interval later. The deployer and the
+    /// reaper pick up what a previous process left, so they start at once. The others wait:
+    /// the sampler's and the catalog's endpoints fetch on first use (`/v1/offers` samples when
+    /// nothing was ever sampled, a stale catalog list is fetched when read), and the inventory
+    /// and webhook work is not urgent, so a restart, or a crash loop, sends no burst of calls.
+    fn runs_at_start(self) -> bool {
+        matches!(self, JobName::Deployer | JobName::Reaper)
     }
 }
 
@@ -144,6 +163,8 @@ impl Jobs {
             JobName::Deployer => deployer::run(state).await,
             JobName::Inventory => crate::inventory::sync(state).await,
             JobName::Reaper => reaper::run(state).await,
+            JobName::Prices => prices::run(state).await,
+            JobName::Catalog => catalog::run(state).await,
             JobName::Webhooks => crate::webhook::deliver_due(state).await,
         };
         let mut status = lock(&entry.status);
@@ -174,8 +195,9 @@ fn lock(status: &Mutex<JobStatus>) -> std::sync::MutexGuard<'_, JobStatus> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Starts every job on its interval, the first run right away (which, for the deployer, picks
-/// up whatever a previous process left). They stop when `stop` is cancelled, between runs.
+/// Starts every job on its interval, the first run right away for the jobs that resume work
+/// (the deployer picks up whatever a previous process left) and after one interval for the
+/// others (see [`JobName::runs_at_start`]). They stop when `stop` is cancelled, between runs.
 pub fn spawn(state: &AppState, stop: &CancellationToken) -> Vec<JoinHandle<()>> {
     JobName::ALL
         .into_iter()
@@ -184,7 +206,13 @@ pub fn spawn(state: &AppState, stop: &CancellationToken) -> Vec<JoinHandle<()>> 
             let stop = stop.clone();
             let every = job.interval(&state.settings.jobs);
             tokio::spawn(async move {
-                let mut ticks = tokio::time::interval(every);
+                let start = tokio::time::Instant::now();
+                let first = if job.runs_at_start() {
+                    start
+                } else {
+                    start.checked_add(every).unwrap_or(start)
+                };
+                let mut ticks = tokio::time::interval_at(first, every);
                 ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {

@@ -4,10 +4,12 @@
 
 pub mod audit;
 pub mod budget;
+pub mod catalog;
 pub mod deployments;
 pub mod idempotency;
 pub mod keys;
 pub mod meta;
+pub mod prices;
 pub mod spend;
 pub mod teams;
 pub mod time;

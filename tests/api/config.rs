@@ -46,6 +46,8 @@ fn the_defaults_are_those_of_the_product_contract() {
     assert_eq!(settings.jobs.prices_interval_secs, 900);
     assert_eq!(settings.jobs.catalog_interval_secs, 3600);
     assert_eq!(settings.jobs.reaper_interval_secs, 60);
+    assert_eq!(settings.jobs.price_retention_days, 90);
+    assert_eq!(settings.jobs.catalog_ttl_secs, 3600);
     assert!(settings.secrets.fluence_api_key.is_none());
     assert!(settings.secrets.admin_token.is_none());
 }
@@ -237,4 +239,17 @@ fn debug_output_of_the_settings_never_shows_a_secret() {
     assert!(!debug.contains(canary));
     assert!(!debug.contains(admin));
     assert!(debug.contains("REDACTED"), "{debug}");
+}
+
+#[test]
+fn price_retention_and_catalog_ttl_are_bounded() {
+    let text = message(load(
+        None,
+        &[
+            ("GATEWAY__JOBS__PRICE_RETENTION_DAYS", "0"),
+            ("GATEWAY__JOBS__CATALOG_TTL_SECS", "99999999"),
+        ],
+    ));
+    assert!(text.contains("jobs.price_retention_days"), "{text}");
+    assert!(text.contains("jobs.catalog_ttl_secs"), "{text}");
 }

@@ -45,7 +45,17 @@ async fn readyz_reports_a_healthy_external_upstream_and_the_database() {
         .flatten()
         .filter_map(|j| j["job"].as_str())
         .collect();
-    assert_eq!(jobs, ["deployer", "inventory", "reaper", "webhooks"]);
+    assert_eq!(
+        jobs,
+        [
+            "deployer",
+            "inventory",
+            "prices",
+            "catalog",
+            "reaper",
+            "webhooks"
+        ]
+    );
     assert!(
         body["jobs"][0].get("last_detail").is_none(),
         "details are for admins"

@@ -176,7 +176,17 @@ async fn jobs_report_their_runs_and_unknown_jobs_are_404() {
         .flatten()
         .filter_map(|j| j["job"].as_str())
         .collect();
-    assert_eq!(names, ["deployer", "inventory", "reaper", "webhooks"]);
+    assert_eq!(
+        names,
+        [
+            "deployer",
+            "inventory",
+            "prices",
+            "catalog",
+            "reaper",
+            "webhooks"
+        ]
+    );
     let deployer = &jobs.json[0];
     assert!(
         deployer["runs"].as_u64().is_some_and(|r| r >= 1),

@@ -1,0 +1,331 @@
+//! `/v1/offers` (the marketplace's latest snapshot, filtered) and `/v1/prices` (price history
+//! in UTC hour or day buckets), both served from the sampler's `price_samples`.
+//!
+//! A bucket's median is the lower of the two middle prices when it holds an even number of
+//! samples: always a price that was actually offered, and exact in micro-USDC.
+
+use axum::Json;
+use axum::extract::State;
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::extract::Query;
+use crate::auth::Principal;
+use crate::domain::money::Usdc;
+use crate::error::{ApiError, FieldErrors};
+use crate::jobs::JobName;
+use crate::state::AppState;
+use crate::store::prices::{self, OfferFilter, Sample};
+use crate::store::time::now;
+
+/// The default history window, ending now.
+const DEFAULT_WINDOW_DAYS: i64 = 7;
+/// The longest history one request may ask for.
+const MAX_RANGE_DAYS: i64 = 366;
+/// The most buckets one answer may hold.
+const MAX_BUCKETS: i64 = 10_000;
+/// Longer filter values than this name nothing Fluence has.
+const MAX_FILTER_LEN: usize = 100;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_offers))
+        .routes(routes!(price_history))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct OffersParams {
+    /// A basic configuration slug, exactly.
+    pub configuration: Option<String>,
+    /// ISO alpha-2 country code, any case.
+    pub country: Option<String>,
+    /// Per VM per epoch, a decimal string: offers at or below it.
+    pub max_price: Option<String>,
+}
+
+/// One offer of the latest snapshot.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OfferView {
+    #[schema(example = "cpu-2-ram-4gb-storage-25gb")]
+    pub configuration: String,
+    /// `<country>-<city>-<index>`, lower case.
+    #[schema(example = "de-fra-1")]
+    pub datacenter: String,
+    #[schema(example = "DE")]
+    pub country: String,
+    #[schema(example = "FRA")]
+    pub city: String,
+    pub tier: i64,
+    /// One VM of the configuration per 24 h epoch, a decimal string.
+    #[schema(example = "0.3125")]
+    pub price_per_epoch: String,
+    /// Basic instances still available, summed over the offer's servers.
+    pub capacity: i64,
+    pub sampled_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OffersAnswer {
+    /// When the snapshot was taken.
+    pub sampled_at: DateTime<Utc>,
+    /// Cheapest first, then by configuration and datacenter.
+    pub items: Vec<OfferView>,
+}
+
+/// The offers of the newest price sample, filtered. When nothing was ever sampled the sampler
+/// runs first; 503 `upstream_unavailable` if Fluence cannot be reached then.
+#[utoipa::path(get, path = "/v1/offers", tag = "prices", params(OffersParams),
+    responses((status = 200, body = OffersAnswer), (status = 422), (status = 503)),
+    security(("bearer" = [])))]
+async fn list_offers(
+    State(state): State<AppState>,
+    _caller: Principal,
+    Query(params): Query<OffersParams>,
+) -> Result<Json<OffersAnswer>, ApiError> {
+    let mut errors = FieldErrors::default();
+    let configuration = slug_filter(&mut errors, "configuration", params.configuration);
+    let country = country_filter(&mut errors, params.country);
+    let max_price = match params.max_price.as_deref().map(Usdc::parse).transpose() {
+        Ok(price) => price,
+        Err(e) => {
+            errors.add(
+                "max_price",
+                format!("{e}; write a decimal string such as \"0.5\""),
+            );
+            None
+        }
+    };
+    errors.finish()?;
+    let filter = OfferFilter {
+        configuration,
+        country,
+        max_price,
+    };
+    let snapshot = match latest(&state, &filter).await? {
+        Some(snapshot) => snapshot,
+        None => {
+            // Never sampled (a new database): take the first snapshot now, through the job so
+            // that it takes turns with scheduled runs and shows in `/v1/jobs`. Detached, so
+            // that a client hanging up does not cut the run short.
+            let runner = state.clone();
+            tokio::spawn(async move { runner.jobs.run(&runner, JobName::Prices).await })
+                .await
+                .map_err(ApiError::internal)?;
+            latest(&state, &filter).await?.ok_or_else(|| {
+                ApiError::UpstreamUnavailable(
+                    "No price sample has been taken yet and Fluence's marketplace could not be \
+                     reached; retry later."
+                        .into(),
+                )
+            })?
+        }
+    };
+    let (sampled_at, samples) = snapshot;
+    let items = samples
+        .into_iter()
+        .map(|s: Sample| OfferView {
+            configuration: s.configuration,
+            datacenter: s.datacenter,
+            country: s.country,
+            city: s.city,
+            tier: s.tier,
+            price_per_epoch: s.price.to_string(),
+            capacity: s.capacity,
+            sampled_at,
+        })
+        .collect();
+    Ok(Json(OffersAnswer { sampled_at, items }))
+}
+
+/// The latest snapshot, read in one transaction so that its time and its rows agree.
+async fn latest(
+    state: &AppState,
+    filter: &OfferFilter,
+) -> Result<Option<(DateTime<Utc>, Vec<Sample>)>, ApiError> {
+    let mut tx = state.store.pool().begin().await?;
+    let snapshot = prices::latest_snapshot(&mut tx, filter).await?;
+    tx.commit().await?;
+    Ok(snapshot)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PricesParams {
+    /// A basic configuration slug; all configurations when omitted.
+    pub configuration: Option<String>,
+    /// ISO alpha-2 country code, any case; all countries when omitted.
+    pub country: Option<String>,
+    /// RFC 3339, inclusive; default `to` minus 7 days.
+    pub from: Option<DateTime<Utc>>,
+    /// RFC 3339, exclusive; default now.
+    pub to: Option<DateTime<Utc>>,
+    /// `hour` (default) or `day`, aligned to UTC.
+    pub bucket: Option<String>,
+}
+
+/// One bucket of price history: the prices of every offer sampled in `[start, end)` (and in
+/// the asked range) that passed the filters.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PriceBucket {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    /// `null` when the bucket holds no sample.
+    #[schema(example = "0.3125")]
+    pub min: Option<String>,
+    /// The middle price; of an even count, the lower of the two middle prices.
+    pub median: Option<String>,
+    pub max: Option<String>,
+    pub samples: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PricesAnswer {
+    pub configuration: Option<String>,
+    pub country: Option<String>,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// `hour` or `day`.
+    pub bucket: &'static str,
+    /// Every bucket overlapping `[from, to)`, oldest first, empty ones included.
+    pub buckets: Vec<PriceBucket>,
+}
+
+/// Price history per UTC hour or day: min, median, max and the number of samples.
+#[utoipa::path(get, path = "/v1/prices", tag = "prices", params(PricesParams),
+    responses((status = 200, body = PricesAnswer), (status = 422)),
+    security(("bearer" = [])))]
+async fn price_history(
+    State(state): State<AppState>,
+    _caller: Principal,
+    Query(params): Query<PricesParams>,
+) -> Result<Json<PricesAnswer>, ApiError> {
+    let mut errors = FieldErrors::default();
+    let configuration = slug_filter(&mut errors, "configuration", params.configuration);
+    let country = country_filter(&mut errors, params.country);
+    let (bucket, size_secs) = match params.bucket.as_deref().unwrap_or("hour") {
+        "hour" => ("hour", 3600),
+        "day" => ("day", 86_400),
+        _ => {
+            errors.add("bucket", "must be `hour` or `day`");
+            ("hour", 3600)
+        }
+    };
+    let to = params.to.unwrap_or_else(now);
+    let from = params
+        .from
+        .or_else(|| to.checked_sub_signed(TimeDelta::days(DEFAULT_WINDOW_DAYS)));
+    let mut plan = None;
+    match from {
+        None => errors.add("to", "is too far in the past"),
+        Some(from) if from >= to => errors.add("to", "must be later than `from`"),
+        Some(from) if to - from > TimeDelta::days(MAX_RANGE_DAYS) => errors.add(
+            "from",
+            format!("the range may span at most {MAX_RANGE_DAYS} days"),
+        ),
+        Some(from) => {
+            // The first bucket holds `from`; the last holds the last instant before `to`.
+            let start = from.timestamp() - from.timestamp().rem_euclid(size_secs);
+            let end = to.timestamp() + i64::from(to.timestamp_subsec_nanos() > 0);
+            let count = (end - start + size_secs - 1).div_euclid(size_secs);
+            if count > MAX_BUCKETS {
+                errors.add(
+                    "bucket",
+                    format!("the range would need {count} buckets; at most {MAX_BUCKETS}"),
+                );
+            } else {
+                plan = Some((from, start, count));
+            }
+        }
+    }
+    errors.finish()?;
+    let Some((from, start, count)) = plan else {
+        return Err(ApiError::internal("no bucket plan for a valid request"));
+    };
+
+    let rows = {
+        let mut tx = state.store.pool().begin().await?;
+        let rows = prices::prices_between(
+            &mut tx,
+            from,
+            to,
+            configuration.as_deref(),
+            country.as_deref(),
+        )
+        .await?;
+        tx.commit().await?;
+        rows
+    };
+    let buckets = buckets(start, size_secs, count, &rows)?;
+    Ok(Json(PricesAnswer {
+        configuration,
+        country,
+        from,
+        to,
+        bucket,
+        buckets,
+    }))
+}
+
+/// Groups `rows` (all at or after `start`) into `count` buckets of `size_secs` from `start`
+/// (a Unix time) and summarises each.
+fn buckets(
+    start: i64,
+    size_secs: i64,
+    count: i64,
+    rows: &[(DateTime<Utc>, Usdc)],
+) -> Result<Vec<PriceBucket>, ApiError> {
+    let slots = usize::try_from(count).map_err(ApiError::internal)?;
+    let mut prices: Vec<Vec<Usdc>> = vec![Vec::new(); slots];
+    for (at, price) in rows {
+        let index = (at.timestamp() - start).div_euclid(size_secs);
+        // Rows come from `[from, to)`, which the buckets cover; anything else is skipped.
+        if let Some(slot) = usize::try_from(index).ok().and_then(|i| prices.get_mut(i)) {
+            slot.push(*price);
+        }
+    }
+    let instant = |secs: i64| {
+        DateTime::from_timestamp(secs, 0)
+            .ok_or_else(|| ApiError::internal(format!("bucket time {secs} out of range")))
+    };
+    prices
+        .into_iter()
+        .zip(0_i64..)
+        .map(|(mut slot, i)| {
+            slot.sort_unstable();
+            let bucket_start = start + i * size_secs;
+            let median = slot.len().checked_sub(1).map(|last| slot[last / 2]);
+            Ok(PriceBucket {
+                start: instant(bucket_start)?,
+                end: instant(bucket_start + size_secs)?,
+                min: slot.first().map(ToString::to_string),
+                median: median.map(|m| m.to_string()),
+                max: slot.last().map(ToString::to_string),
+                samples: u64::try_from(slot.len()).unwrap_or(u64::MAX),
+            })
+        })
+        .collect()
+}
+
+/// A configuration filter: non-empty, of sane length.
+fn slug_filter(errors: &mut FieldErrors, field: &str, value: Option<String>) -> Option<String> {
+    let value = value?;
+    if value.is_empty() || value.len() > MAX_FILTER_LEN {
+        errors.add(field, format!("must be 1 to {MAX_FILTER_LEN} characters"));
+        return None;
+    }
+    Some(value)
+}
+
+/// A country filter: two ASCII letters, compared in upper case.
+fn country_filter(errors: &mut FieldErrors, value: Option<String>) -> Option<String> {
+    let value = value?;
+    if value.len() != 2 || !value.bytes().all(|b| b.is_ascii_alphabetic()) {
+        errors.add("country", "must be an ISO 3166-1 alpha-2 code such as `DE`");
+        return None;
+    }
+    Some(value.to_ascii_uppercase())
+}
