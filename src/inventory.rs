@@ -38,6 +38,7 @@ pub fn sighting_of(vm: &RunningInstance) -> Sighting<'_> {
                 .collect::<Vec<_>>()
         ),
         os_image: vm.os_image.as_deref(),
+        created_at: Some(vm.created_at),
     }
 }
 
@@ -188,4 +189,24 @@ async fn finalize_terminated(state: &AppState) -> Result<usize, String> {
     }
     tx.commit().await.map_err(db)?;
     Ok(done)
+}
+
+/// Brings the given VMs up to date from Fluence's list right now, so that a charge made since
+/// the last sync is in the ledger before they are deleted (nothing can be observed after).
+pub async fn observe_before_delete(state: &AppState, ids: &[String]) -> Result<(), String> {
+    let db = |e: sqlx::Error| format!("database: {e}");
+    let listing = state
+        .fluence
+        .list_vms()
+        .await
+        .map_err(|e| format!("listing Fluence's VMs: {e}"))?;
+    let at = now();
+    let mut tx = state.store.begin_write().await.map_err(|e| e.to_string())?;
+    for vm in listing.iter().filter(|vm| ids.contains(&vm.id.canonical())) {
+        vms::observe(&mut tx, &vm.id.canonical(), &sighting_of(vm), at)
+            .await
+            .map_err(db)?;
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(())
 }

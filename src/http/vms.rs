@@ -411,6 +411,17 @@ async fn delete_vm(
     if vm.deleted_at.is_some() {
         return Ok(StatusCode::NO_CONTENT);
     }
+    // Its last charges first: once deleted it is gone from Fluence's list for good. A failure
+    // here only delays the deletion, it changes nothing.
+    crate::inventory::observe_before_delete(&state, std::slice::from_ref(&vm.id))
+        .await
+        .map_err(|e| {
+            tracing::warn!(error = %e, "last sighting before a deletion failed");
+            ApiError::UpstreamUnavailable(
+                "Fluence's VM list cannot be read right now; nothing was deleted. Retry later."
+                    .into(),
+            )
+        })?;
     let fluence_id = VmId::new(vm.fluence_id.clone());
     if let Err(error) = state
         .fluence

@@ -41,6 +41,8 @@ pub async fn run(state: &AppState) -> Result<String, String> {
     // One call for the batch; if it fails (one VM already gone can fail it whole), Fluence's
     // list says which are still there, and those are deleted one by one, so a single stray id
     // never blocks the rest.
+    let local: Vec<String> = expired.iter().map(|(id, _, _)| id.clone()).collect();
+    crate::inventory::observe_before_delete(state, &local).await?;
     let mut failures = Vec::new();
     if let Err(error) = state.fluence.delete_vms(&ids).await {
         tracing::warn!(%error, "batch delete of expired VMs failed; deleting one by one");

@@ -22,6 +22,8 @@ pub struct Sighting<'a> {
     /// `[{port, protocol}]`.
     pub open_ports: Value,
     pub os_image: Option<&'a str>,
+    /// Fluence's creation time: the date of the charge at deploy.
+    pub created_at: Option<DateTime<Utc>>,
 }
 
 /// What a sighting changed.
@@ -37,9 +39,9 @@ pub struct Observed {
 }
 
 /// Brings a known VM up to date with a sighting: a rise of its `totalSpent` is a charge in the
-/// ledger, a status change an event. A charge is dated at the billing instant that fell due
-/// since the last sighting (Fluence's calendar, not the moment the gateway happened to look),
-/// or at the sighting when no instant was known.
+/// ledger, a status change an event. A charge is dated by Fluence's calendar, not by the moment
+/// the gateway happened to look: at the billing instant that was due at the last sighting, or,
+/// for the first charge, at the VM's creation (the charge at deploy).
 pub async fn observe(
     conn: &mut SqliteConnection,
     id: &str,
@@ -64,7 +66,7 @@ pub async fn observe(
     let charged = now_spent.saturating_sub(before).max(0);
     // totalSpent only grows; a smaller figure (a provider correction) is kept, not charged back.
     if charged > 0 {
-        let charged_at = due.filter(|due| *due <= at).unwrap_or(at);
+        let charged_at = due.or(seen.created_at).unwrap_or(at);
         sqlx::query(
             "INSERT INTO ledger (vm_id, team_id, amount_micros, at) VALUES (?1, ?2, ?3, ?4)",
         )
