@@ -14,6 +14,7 @@ pub mod failpoint;
 pub mod fluence;
 pub mod http;
 pub mod jobs;
+pub mod metrics;
 pub mod simulator;
 pub mod startup;
 pub mod state;
