@@ -10,6 +10,7 @@ mod fluence_client;
 mod health;
 mod helpers;
 mod idempotency;
+mod metrics;
 mod process;
 mod scheduling;
 mod simulator;
