@@ -16,6 +16,7 @@ pub mod fluence;
 pub mod http;
 pub mod inventory;
 pub mod jobs;
+pub mod metrics;
 pub mod simulator;
 pub mod startup;
 pub mod state;

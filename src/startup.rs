@@ -55,6 +55,7 @@ pub async fn run(
     // Background work (the built-in simulator now, the jobs later) stops on this token.
     let background = CancellationToken::new();
     let (upstream, api_key, simulator_task) = start_upstream(&settings, &background).await?;
+    let metrics = Arc::new(crate::metrics::Metrics::new());
     let fluence = FluenceClient::new(ClientConfig {
         base_url: upstream.base_url.clone(),
         api_key,
@@ -65,7 +66,8 @@ pub async fn run(
         connect_timeout: Duration::from_millis(settings.upstream.connect_timeout_ms),
         request_timeout: Duration::from_millis(settings.upstream.request_timeout_ms),
     })
-    .map_err(|e| StartupError::Upstream(e.to_string()))?;
+    .map_err(|e| StartupError::Upstream(e.to_string()))?
+    .with_metrics(metrics.clone());
 
     let limits = RateLimits::new(&settings.rate_limit);
     let state = AppState {
@@ -79,6 +81,7 @@ pub async fn run(
         upstream_probe: Arc::default(),
         jobs: Arc::new(crate::jobs::Jobs::new(&settings.jobs)),
         catalog: Arc::default(),
+        metrics,
     };
     // Deployments a previous process was sending have an unknown outcome now; the deployer's
     // first run (right away) reconciles them and resumes everything else.

@@ -24,6 +24,9 @@ pub struct AppState {
     pub upstream_probe: Arc<tokio::sync::Mutex<Option<ProbeOutcome>>>,
     pub jobs: Arc<crate::jobs::Jobs>,
     pub catalog: Arc<crate::deploy::catalog::CatalogCache>,
+    /// The process's request and upstream-call counters, served by `GET /metrics`; the
+    /// Fluence client above holds the same registry.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// When the upstream was last probed, and the error if the probe failed.

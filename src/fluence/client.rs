@@ -24,6 +24,7 @@ use crate::fluence::types::{
     EstimateRequest, MarketOffering, OfferConstraints, OneOrMany, PatchVmsRequest, RunningInstance,
     SshKey, VmStatusInfo,
 };
+use crate::metrics::{Metrics, UpstreamOutcome};
 
 /// How the key is presented. Current docs use `X-API-KEY`; older docs and every 2025 client use
 /// `Authorization: Bearer`, so both are kept behind one switch.
@@ -63,11 +64,14 @@ impl ClientConfig {
     }
 }
 
-/// The Fluence v3 client. Cheap to clone; clones share the connection pool and
-/// [`last_success`](FluenceClient::last_success).
+/// The Fluence v3 client. Cheap to clone; clones share the connection pool,
+/// [`last_success`](FluenceClient::last_success) and the metrics registry.
 #[derive(Clone)]
 pub struct FluenceClient {
     inner: Arc<Inner>,
+    /// Where every call is counted and timed, by endpoint and outcome; `None` for clients
+    /// made outside a gateway (tests, tools), which then count nothing.
+    metrics: Option<Arc<Metrics>>,
 }
 
 struct Inner {
@@ -139,7 +143,14 @@ impl FluenceClient {
                 api_key: config.api_key,
                 last_success: AtomicI64::new(NEVER),
             }),
+            metrics: None,
         })
+    }
+
+    /// The same client, counting every call in `metrics` (`gateway_upstream_*`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The base URL in use, without a trailing slash.
@@ -311,7 +322,11 @@ impl FluenceClient {
             endpoint = %endpoint,
             status = tracing::field::Empty,
         );
-        async move {
+        // Started before the span is entered and finished after it, so the recorded duration
+        // covers the whole exchange; a caller dropping this future (a timeout around it)
+        // records the call as cancelled.
+        let call = self.metrics.as_deref().map(|m| m.start_upstream(endpoint));
+        let result = async move {
             let mut url = format!("{}{}", self.inner.base_url, endpoint.path());
             if let Some(query) = query {
                 url.push('?');
@@ -357,7 +372,11 @@ impl FluenceClient {
             Ok(value)
         }
         .instrument(span)
-        .await
+        .await;
+        if let Some(call) = call {
+            call.finish(UpstreamOutcome::of(&result));
+        }
+        result
     }
 
     /// Fluence's `{"error": "..."}` message, truncated and with the key scrubbed in case an

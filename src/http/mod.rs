@@ -11,6 +11,7 @@ pub mod idempotency;
 pub mod jobs;
 pub mod keys;
 pub mod limits;
+pub mod metrics;
 pub mod page;
 pub mod prices;
 pub mod problem;
@@ -158,9 +159,10 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     api().1
 }
 
-/// The whole API with its layers. Outermost first: request id, tracing, problem rendering,
-/// panic catching, timeout, body limit.
+/// The whole API with its layers. Outermost first: request id, tracing, metrics, problem
+/// rendering, panic catching, timeout, body limit.
 pub fn router(state: AppState, limits: Limits) -> Router {
+    let registry = state.metrics.clone();
     let (api, document) = api();
     let document = Arc::new(document);
     let routes = api
@@ -172,6 +174,8 @@ pub fn router(state: AppState, limits: Limits) -> Router {
             }),
         )
         .route("/docs", get(docs::page))
+        // Open and outside the OpenAPI document, like `/docs`: for Prometheus, not API clients.
+        .route("/metrics", get(metrics::scrape))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             idempotency::layer,
@@ -189,6 +193,8 @@ pub fn router(state: AppState, limits: Limits) -> Router {
         ))
         .layer(CatchPanicLayer::custom(problem::panic_response))
         .layer(middleware::from_fn(problem::render))
+        // Outside the panic and timeout layers, so it counts the status the client gets.
+        .layer(middleware::from_fn_with_state(registry, metrics::track))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(request_span)

@@ -153,9 +153,7 @@ async fn a_month_of_charges_is_in_the_ledger_to_the_micro_usdc_t3() {
     let terminated = app
         .call(
             Method::GET,
-            &format!("/v1/vms/{}?", db[0])
-                .trim_end_matches('?')
-                .to_owned(),
+            &format!("/v1/vms/{}", db[0]),
             Some(ADMIN_TOKEN),
             None,
         )
@@ -319,8 +317,7 @@ async fn port_updates_never_close_ssh_by_accident_h1() {
             .as_array()
             .into_iter()
             .flatten()
-            .filter(|c| c["method"] == "PATCH" && c["path"] == "/vms/v3")
-            .next_back()
+            .rfind(|c| c["method"] == "PATCH" && c["path"] == "/vms/v3")
             .cloned()
             .unwrap_or_default();
         let mut ports: Vec<(u64, String)> = vm["body"]["updates"][0]["openPorts"]

@@ -11,6 +11,7 @@ mod health;
 mod helpers;
 mod idempotency;
 mod inventory;
+mod metrics;
 mod prices;
 mod process;
 mod scheduling;
