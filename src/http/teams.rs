@@ -41,8 +41,26 @@ pub struct TeamView {
     /// Every quota; `null` means no limit.
     #[schema(value_type = Object)]
     pub quotas: Quotas,
+    pub policies: Policies,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// How the gateway treats a team's VMs.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Policies {
+    /// Delete VMs the provider terminated (default true): Fluence keeps their reserved
+    /// balance until they are deleted.
+    pub finalize_terminated: bool,
+}
+
+/// A change of policies; absent fields are left as they are.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoliciesInput {
+    #[serde(default)]
+    pub finalize_terminated: Option<bool>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -70,6 +88,9 @@ impl From<Team> for TeamView {
                 alert_thresholds: team.alert_thresholds,
             },
             quotas: team.quotas,
+            policies: Policies {
+                finalize_terminated: team.finalize_terminated,
+            },
             created_at: team.created_at,
             updated_at: team.updated_at,
         }
@@ -98,6 +119,8 @@ pub struct CreateTeam {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub quotas: Option<Box<RawValue>>,
+    #[serde(default)]
+    pub policies: Option<PoliciesInput>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -131,6 +154,8 @@ pub struct UpdateTeam {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub quotas: Option<Box<RawValue>>,
+    #[serde(default)]
+    pub policies: Option<PoliciesInput>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -408,6 +433,10 @@ async fn create_team(
         period_start_day: input.budget.period_start_day.unwrap_or(1),
         alert_thresholds: thresholds,
         quotas,
+        finalize_terminated: input
+            .policies
+            .and_then(|p| p.finalize_terminated)
+            .unwrap_or(true),
         created_at: now,
         updated_at: now,
     };
@@ -549,6 +578,9 @@ async fn update_team(
             None if raw.get().trim() == "null" => after.quotas = Quotas::default(),
             None => {}
         }
+    }
+    if let Some(finalize) = patch.policies.and_then(|p| p.finalize_terminated) {
+        after.finalize_terminated = finalize;
     }
     check_quotas(&mut after.quotas, &mut problems);
     problems.finish()?;

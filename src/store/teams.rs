@@ -17,11 +17,13 @@ pub struct Team {
     pub period_start_day: u8,
     pub alert_thresholds: Vec<u8>,
     pub quotas: Quotas,
+    /// Delete VMs the provider terminated, so Fluence releases their reserved balance.
+    pub finalize_terminated: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-const COLUMNS: &str = "id, name, budget_cap_micros, period_start_day, alert_thresholds, quotas, created_at, updated_at";
+const COLUMNS: &str = "id, name, budget_cap_micros, period_start_day, alert_thresholds, quotas, finalize_terminated, created_at, updated_at";
 
 fn decode(row: &sqlx::sqlite::SqliteRow) -> Result<Team, sqlx::Error> {
     let id: String = row.try_get("id")?;
@@ -38,6 +40,7 @@ fn decode(row: &sqlx::sqlite::SqliteRow) -> Result<Team, sqlx::Error> {
         alert_thresholds: serde_json::from_str(&thresholds)
             .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
         quotas: serde_json::from_str(&quotas).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        finalize_terminated: row.try_get::<i64, _>("finalize_terminated")? != 0,
         created_at: from_db(&created_at)?,
         updated_at: from_db(&updated_at)?,
     })
@@ -59,7 +62,7 @@ pub async fn id_taken(conn: &mut SqliteConnection, id: &TeamId) -> Result<bool, 
 pub async fn insert(conn: &mut SqliteConnection, team: &Team) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO teams (id, name, budget_cap_micros, period_start_day, alert_thresholds, \
-         quotas, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+         quotas, created_at, updated_at, finalize_terminated) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )
     .bind(team.id.as_str())
     .bind(&team.name)
@@ -69,6 +72,7 @@ pub async fn insert(conn: &mut SqliteConnection, team: &Team) -> Result<(), sqlx
     .bind(encode_json(&team.quotas)?)
     .bind(to_db(team.created_at))
     .bind(to_db(team.updated_at))
+    .bind(i64::from(team.finalize_terminated))
     .execute(conn)
     .await?;
     Ok(())
@@ -77,7 +81,8 @@ pub async fn insert(conn: &mut SqliteConnection, team: &Team) -> Result<(), sqlx
 pub async fn update(conn: &mut SqliteConnection, team: &Team) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE teams SET name = ?2, budget_cap_micros = ?3, period_start_day = ?4, \
-         alert_thresholds = ?5, quotas = ?6, updated_at = ?7 WHERE id = ?1 AND deleted_at IS NULL",
+         alert_thresholds = ?5, quotas = ?6, updated_at = ?7, finalize_terminated = ?8 \
+         WHERE id = ?1 AND deleted_at IS NULL",
     )
     .bind(team.id.as_str())
     .bind(&team.name)
@@ -86,6 +91,7 @@ pub async fn update(conn: &mut SqliteConnection, team: &Team) -> Result<(), sqlx
     .bind(encode_json(&team.alert_thresholds)?)
     .bind(encode_json(&team.quotas)?)
     .bind(to_db(team.updated_at))
+    .bind(i64::from(team.finalize_terminated))
     .execute(conn)
     .await?;
     Ok(())

@@ -730,3 +730,58 @@ async fn a_new_period_restarts_spent_and_rearms_the_thresholds() {
         "fired again in the new period"
     );
 }
+
+/// H5 by policy: a team that keeps terminated VMs sees them flagged, not deleted.
+#[tokio::test]
+async fn a_team_may_keep_its_terminated_vms_flagged_instead_of_deleted() {
+    let app = app(&[]).await;
+    let created = app
+        .call(
+            Method::POST,
+            "/v1/teams",
+            Some(ADMIN_TOKEN),
+            Some(json!({"id": "ml", "name": "ML", "budget": {"cap": "1000"},
+                        "policies": {"finalize_terminated": false}})),
+        )
+        .await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    assert_eq!(created.json["policies"]["finalize_terminated"], false);
+    let member = app.mint_key("ml", "member").await;
+    let vms = deployed_vms(&app, &member, "kept", 1).await;
+    app.run_job("inventory").await;
+    app.sim_post(&format!("/_sim/vms/{}/terminate", vms[0]), json!({}))
+        .await;
+    app.run_job("inventory").await;
+    let vm = app
+        .call(
+            Method::GET,
+            &format!("/v1/vms/{}", vms[0]),
+            Some(&member),
+            None,
+        )
+        .await;
+    assert_eq!(vm.json["status"], "Terminated", "{}", vm.text);
+    assert!(vm.json["terminated_at"].is_string());
+    assert!(vm.json["deleted_at"].is_null());
+
+    // Switching the policy on finalises it at the next sync.
+    let patched = app
+        .call(
+            Method::PATCH,
+            "/v1/teams/ml",
+            Some(ADMIN_TOKEN),
+            Some(json!({"policies": {"finalize_terminated": true}})),
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.text);
+    app.run_job("inventory").await;
+    let vm = app
+        .call(
+            Method::GET,
+            &format!("/v1/vms/{}", vms[0]),
+            Some(&member),
+            None,
+        )
+        .await;
+    assert_eq!(vm.json["status"], "Deleted", "{}", vm.text);
+}
