@@ -443,6 +443,8 @@ pub struct DatabaseSnapshot {
     pub teams: Vec<(String, BudgetSnapshot)>,
     /// Live VMs (not deleted) counted by (team id, `""` for unowned, status label).
     pub vms: BTreeMap<(String, String), u64>,
+    /// Budget alert thresholds crossed in each team's current period, as (team id, percent).
+    pub alerts: Vec<(String, u8)>,
 }
 
 /// Teams read per query while walking the list; all pages come from the same transaction.
@@ -455,6 +457,7 @@ pub async fn read_database(store: &crate::store::Store) -> Result<DatabaseSnapsh
     let mut snapshot = store.pool().begin().await?;
     let now = crate::store::time::now();
     let mut teams = Vec::new();
+    let mut alerts = Vec::new();
     let mut after: Option<String> = None;
     loop {
         let page = crate::store::teams::list(&mut snapshot, after.as_deref(), TEAM_PAGE).await?;
@@ -462,6 +465,15 @@ pub async fn read_database(store: &crate::store::Store) -> Result<DatabaseSnapsh
         for team in &page {
             let standing = crate::store::budget::standing(&mut snapshot, team, now).await?;
             teams.push((team.id.as_str().to_owned(), standing.budget));
+            for threshold in crate::store::budget::alerts_fired(
+                &mut snapshot,
+                team.id.as_str(),
+                standing.period_start,
+            )
+            .await?
+            {
+                alerts.push((team.id.as_str().to_owned(), threshold));
+            }
         }
         match page.last() {
             Some(last) if full => after = Some(last.id.as_str().to_owned()),
@@ -480,7 +492,7 @@ pub async fn read_database(store: &crate::store::Store) -> Result<DatabaseSnapsh
         *vms.entry((team, label)).or_default() += u64::try_from(count).unwrap_or(0);
     }
     snapshot.rollback().await?;
-    Ok(DatabaseSnapshot { teams, vms })
+    Ok(DatabaseSnapshot { teams, vms, alerts })
 }
 
 /// The VM statuses always shown (with zeros) for every team: Fluence's documented set.
@@ -551,6 +563,18 @@ fn render_database(out: &mut Exposition, database: Option<&DatabaseSnapshot>) {
                 &fixed(i128::from(field(snapshot)), 6),
             );
         }
+    }
+    out.family(
+        "gateway_team_budget_alert_fired",
+        "gauge",
+        "1 for each alert threshold (percent of the cap) the team crossed this period.",
+    );
+    for (team, threshold) in &database.alerts {
+        out.sample(
+            "gateway_team_budget_alert_fired",
+            &[("team", team), ("threshold", &threshold.to_string())],
+            "1",
+        );
     }
 
     // Every live team shows every documented status, zeros included, so an alert on a count

@@ -28,6 +28,53 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_vms))
         .routes(routes!(get_vm, update_vm, delete_vm))
+        .routes(routes!(list_vm_events))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VmEventView {
+    pub at: DateTime<Utc>,
+    /// `status_changed`, `terminated_by_provider`, `discovered_unowned`, `disappeared`,
+    /// `deleted`.
+    pub kind: String,
+    pub from_status: Option<String>,
+    pub to_status: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    pub detail: Value,
+}
+
+/// What happened to a VM, as the inventory sync saw it, oldest first.
+#[utoipa::path(get, path = "/v1/vms/{id}/events", tag = "vms",
+    params(("id" = String, Path, description = "Fluence's VM id"), super::teams::ListParams),
+    responses((status = 200, body = List<VmEventView>), (status = 404)), security(("bearer" = [])))]
+async fn list_vm_events(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<String>,
+    Query(params): Query<super::teams::ListParams>,
+) -> Result<axum::Json<List<VmEventView>>, ApiError> {
+    let page = Page::parse(params.limit, params.cursor.as_deref())?;
+    let after = match page.after.as_deref() {
+        None => None,
+        Some(text) => Some(
+            text.parse::<i64>()
+                .map_err(|_| ApiError::field("cursor", "is not a cursor this API returned"))?,
+        ),
+    };
+    let mut conn = state.store.pool().acquire().await?;
+    let vm = visible_vm(&mut conn, &principal, &id).await?;
+    let rows = vms::events(&mut conn, &vm.id, after, page.fetch()).await?;
+    Ok(axum::Json(page.finish(
+        rows,
+        |e| e.id.to_string(),
+        |e| VmEventView {
+            at: e.at,
+            kind: e.kind,
+            from_status: e.from_status,
+            to_status: e.to_status,
+            detail: e.detail,
+        },
+    )))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

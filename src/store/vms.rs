@@ -426,3 +426,45 @@ pub async fn set_name_and_ports(
         .await?;
     Ok(())
 }
+
+/// One event of a VM's life.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmEvent {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub kind: String,
+    pub from_status: Option<String>,
+    pub to_status: Option<String>,
+    pub detail: Value,
+}
+
+/// A VM's events, oldest first, after `cursor` (an event id).
+pub async fn events(
+    conn: &mut SqliteConnection,
+    vm_id: &str,
+    cursor: Option<i64>,
+    limit: u32,
+) -> Result<Vec<VmEvent>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, at, kind, from_status, to_status, detail FROM vm_events \
+         WHERE vm_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+    )
+    .bind(vm_id)
+    .bind(cursor.unwrap_or(0))
+    .bind(i64::from(limit))
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let at: String = row.try_get("at")?;
+            Ok(VmEvent {
+                id: row.try_get("id")?,
+                at: from_db(&at)?,
+                kind: row.try_get("kind")?,
+                from_status: row.try_get("from_status")?,
+                to_status: row.try_get("to_status")?,
+                detail: json_or_null(row.try_get("detail")?),
+            })
+        })
+        .collect()
+}

@@ -10,7 +10,7 @@ use crate::helpers::{ADMIN_TOKEN, Reply, TestApp};
 
 /// Routes a team's own member or viewer key may read. Every other secured route must refuse
 /// team keys: a route added without thought fails here until it is listed.
-const TEAM_READABLE: [(&str, &str); 15] = [
+const TEAM_READABLE: [(&str, &str); 16] = [
     ("GET", "/v1/teams"),
     ("GET", "/v1/teams/{team}"),
     ("GET", "/v1/teams/{team}/budget"),
@@ -18,6 +18,7 @@ const TEAM_READABLE: [(&str, &str); 15] = [
     ("GET", "/v1/deployments/{id}"),
     ("GET", "/v1/vms"),
     ("GET", "/v1/vms/{id}"),
+    ("GET", "/v1/vms/{id}/events"),
     ("GET", "/v1/spend"),
     ("GET", "/v1/offers"),
     ("GET", "/v1/prices"),

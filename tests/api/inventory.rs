@@ -636,6 +636,12 @@ async fn thresholds_fire_once_per_period_and_reach_the_signed_webhook() {
         Some(2),
         "once each"
     );
+    let metrics = app.get("/metrics").await.text().await.unwrap_or_default();
+    for threshold in [50, 80] {
+        let line =
+            format!("gateway_team_budget_alert_fired{{team=\"ml\",threshold=\"{threshold}\"}} 1");
+        assert!(metrics.contains(&line), "{line} in metrics");
+    }
 
     // The first delivery gets a 500 and is retried later; the others go through.
     let first = app.run_job("webhooks").await;
@@ -763,6 +769,21 @@ async fn a_team_may_keep_its_terminated_vms_flagged_instead_of_deleted() {
     assert_eq!(vm.json["status"], "Terminated", "{}", vm.text);
     assert!(vm.json["terminated_at"].is_string());
     assert!(vm.json["deleted_at"].is_null());
+    let events = app
+        .call(
+            Method::GET,
+            &format!("/v1/vms/{}/events", vms[0]),
+            Some(&member),
+            None,
+        )
+        .await;
+    let kinds: Vec<&str> = events.json["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    assert!(kinds.contains(&"terminated_by_provider"), "{}", events.text);
 
     // Switching the policy on finalises it at the next sync.
     let patched = app
