@@ -8,7 +8,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
 
 use super::StepError;
-use super::worker::{audit_step, record_deployed, record_deployed_from, spec_of};
+use super::worker::{audit_step, record_deployed, record_deployed_from, spec_of, to_unknown};
 use crate::domain::deployment::Status;
 use crate::fluence::types::RunningInstance;
 use crate::state::AppState;
@@ -55,25 +55,9 @@ pub async fn recover(state: &AppState) -> Result<u64, StepError> {
     let open = deployments::open(&mut tx).await?;
     let mut moved = 0;
     for deployment in open.iter().filter(|d| d.status == Status::Deploying) {
-        if deployments::transition(
-            &mut tx,
-            &deployment.id,
-            &[Status::Deploying],
-            Status::Unknown,
-            Changes {
-                unknown_since: Some(at),
-                reason: Some((
-                    "outcome_unknown".into(),
-                    json!({"code": "outcome_unknown",
-                           "message": "the gateway restarted while the deploy was out; Fluence's VM list will settle it"}),
-                )),
-                ..Changes::default()
-            },
-            at,
-        )
-        .await?
-        {
-            audit_step(&mut tx, deployment, "deployment.unknown", json!({"status": "unknown", "cause": "restart"}), at).await?;
+        let message =
+            "the gateway restarted while the deploy was out; Fluence's VM list will settle it";
+        if to_unknown(&mut tx, deployment, message, "restart", at).await? {
             moved += 1;
         }
     }

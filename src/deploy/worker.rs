@@ -756,10 +756,30 @@ fn not_sent(error: &FluenceError) -> bool {
 }
 
 async fn mark_unknown(state: &AppState, deployment: &Deployment) -> Result<Status, StepError> {
-    let at = now();
     let mut tx = state.store.begin_write().await?;
-    let moved = deployments::transition(
+    to_unknown(
         &mut tx,
+        deployment,
+        "Fluence's answer to the deploy was lost; its VM list will settle it",
+        "answer_lost",
+        now(),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(Status::Unknown)
+}
+
+/// `deploying -> unknown` inside the caller's transaction, audited with its cause; false if it
+/// was no longer `deploying`.
+pub(crate) async fn to_unknown(
+    conn: &mut sqlx::SqliteConnection,
+    deployment: &Deployment,
+    message: &str,
+    cause: &str,
+    at: DateTime<Utc>,
+) -> Result<bool, StepError> {
+    let moved = deployments::transition(
+        &mut *conn,
         &deployment.id,
         &[Status::Deploying],
         Status::Unknown,
@@ -767,8 +787,7 @@ async fn mark_unknown(state: &AppState, deployment: &Deployment) -> Result<Statu
             unknown_since: Some(at),
             reason: Some((
                 "outcome_unknown".into(),
-                json!({"code": "outcome_unknown",
-                       "message": "Fluence's answer to the deploy was lost; its VM list will settle it"}),
+                json!({"code": "outcome_unknown", "message": message}),
             )),
             ..Changes::default()
         },
@@ -776,15 +795,8 @@ async fn mark_unknown(state: &AppState, deployment: &Deployment) -> Result<Statu
     )
     .await?;
     if moved {
-        audit_step(
-            &mut tx,
-            deployment,
-            "deployment.unknown",
-            json!({"status": "unknown"}),
-            at,
-        )
-        .await?;
+        let after = json!({"status": "unknown", "cause": cause});
+        audit_step(conn, deployment, "deployment.unknown", after, at).await?;
     }
-    tx.commit().await?;
-    Ok(Status::Unknown)
+    Ok(moved)
 }

@@ -41,6 +41,11 @@ async fn deployed_vms(app: &TestApp, key: &str, name: &str, instances: u32) -> V
         .collect()
 }
 
+async fn get_vm(app: &TestApp, key: &str, id: &str) -> crate::helpers::Reply {
+    app.call(Method::GET, &format!("/v1/vms/{id}"), Some(key), None)
+        .await
+}
+
 async fn advance_days(app: &TestApp, days: u64) {
     app.sim_post("/_sim/clock", json!({"advance_seconds": days * 86_400}))
         .await;
@@ -150,14 +155,7 @@ async fn a_month_of_charges_is_in_the_ledger_to_the_micro_usdc_t3() {
 
     // The terminated VM was flagged and, by the default policy, deleted so Fluence released
     // its reserve.
-    let terminated = app
-        .call(
-            Method::GET,
-            &format!("/v1/vms/{}", db[0]),
-            Some(ADMIN_TOKEN),
-            None,
-        )
-        .await;
+    let terminated = get_vm(&app, ADMIN_TOKEN, &db[0]).await;
     assert_eq!(terminated.json["status"], "Deleted", "{}", terminated.text);
     assert!(terminated.json["terminated_at"].is_string());
     let upstream_db = state["vms"]
@@ -268,26 +266,12 @@ async fn unowned_and_vanished_vms_are_recorded_and_teams_never_see_them_f3() {
     assert!(deleted.status().is_success());
     // Fluence shows it `Stopped` for a moment, then drops it from the list.
     app.run_job("inventory").await;
-    let stopped = app
-        .call(
-            Method::GET,
-            &format!("/v1/vms/{}", mine[1]),
-            Some(&ml),
-            None,
-        )
-        .await;
+    let stopped = get_vm(&app, &ml, &mine[1]).await;
     assert_eq!(stopped.json["status"], "Stopped", "{}", stopped.text);
     app.sim_post("/_sim/clock", json!({"advance_seconds": 600}))
         .await;
     app.run_job("inventory").await;
-    let gone = app
-        .call(
-            Method::GET,
-            &format!("/v1/vms/{}", mine[1]),
-            Some(&ml),
-            None,
-        )
-        .await;
+    let gone = get_vm(&app, &ml, &mine[1]).await;
     assert_eq!(gone.json["status"], "Deleted", "{}", gone.text);
     let live = app.call(Method::GET, "/v1/vms", Some(&ml), None).await;
     assert_eq!(live.json["items"].as_array().map(Vec::len), Some(1));
@@ -758,14 +742,7 @@ async fn a_team_may_keep_its_terminated_vms_flagged_instead_of_deleted() {
     app.sim_post(&format!("/_sim/vms/{}/terminate", vms[0]), json!({}))
         .await;
     app.run_job("inventory").await;
-    let vm = app
-        .call(
-            Method::GET,
-            &format!("/v1/vms/{}", vms[0]),
-            Some(&member),
-            None,
-        )
-        .await;
+    let vm = get_vm(&app, &member, &vms[0]).await;
     assert_eq!(vm.json["status"], "Terminated", "{}", vm.text);
     assert!(vm.json["terminated_at"].is_string());
     assert!(vm.json["deleted_at"].is_null());
@@ -796,13 +773,6 @@ async fn a_team_may_keep_its_terminated_vms_flagged_instead_of_deleted() {
         .await;
     assert_eq!(patched.status, 200, "{}", patched.text);
     app.run_job("inventory").await;
-    let vm = app
-        .call(
-            Method::GET,
-            &format!("/v1/vms/{}", vms[0]),
-            Some(&member),
-            None,
-        )
-        .await;
+    let vm = get_vm(&app, &member, &vms[0]).await;
     assert_eq!(vm.json["status"], "Deleted", "{}", vm.text);
 }
