@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use serde_json::{Value, json};
 
 use crate::domain::ids::VmId;
-use crate::fluence::types::RunningInstance;
+use crate::fluence::types::{ResourceType, RunningInstance};
 use crate::state::AppState;
 use crate::store::audit::{self, NewAuditEntry};
 use crate::store::time::now;
@@ -39,7 +39,28 @@ pub fn sighting_of(vm: &RunningInstance) -> Sighting<'_> {
         ),
         os_image: vm.os_image.as_deref(),
         created_at: Some(vm.created_at),
+        resources: resources_of(vm),
     }
+}
+
+/// `(vcpus, ram GiB, storage GiB)` from a listing's resources, when it lists any.
+fn resources_of(vm: &RunningInstance) -> Option<(i64, i64, i64)> {
+    if vm.resources.is_empty() {
+        return None;
+    }
+    let sum = |kind: ResourceType| -> i64 {
+        vm.resources
+            .iter()
+            .filter(|r| r.kind == kind)
+            .filter_map(|r| r.amount())
+            .map(|a| i64::try_from(a).unwrap_or(i64::MAX))
+            .fold(0_i64, i64::saturating_add)
+    };
+    Some((
+        sum(ResourceType::Vcpu),
+        sum(ResourceType::Ram),
+        sum(ResourceType::Storage),
+    ))
 }
 
 /// What one sync did.

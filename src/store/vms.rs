@@ -24,6 +24,8 @@ pub struct Sighting<'a> {
     pub os_image: Option<&'a str>,
     /// Fluence's creation time: the date of the charge at deploy.
     pub created_at: Option<DateTime<Utc>>,
+    /// `(vcpus, ram GiB, storage GiB)` as listed; `None` when the listing gave none.
+    pub resources: Option<(i64, i64, i64)>,
 }
 
 /// What a sighting changed.
@@ -103,7 +105,8 @@ pub async fn observe(
          price_per_epoch_micros = ?3, total_spent_micros = MAX(total_spent_micros, ?4), \
          reserved_balance_micros = ?5, next_billing_at = ?6, seen_at = ?7, public_ip = ?8, \
          datacenter = ?9, open_ports = ?10, os_image = COALESCE(?11, os_image), \
-         terminated_at = COALESCE(terminated_at, ?12) WHERE id = ?1",
+         terminated_at = COALESCE(terminated_at, ?12), vcpus = COALESCE(?13, vcpus), \
+         ram_gib = COALESCE(?14, ram_gib), storage_gib = COALESCE(?15, storage_gib) WHERE id = ?1",
     )
     .bind(id)
     .bind(seen.status)
@@ -117,6 +120,9 @@ pub async fn observe(
     .bind(seen.open_ports.to_string())
     .bind(seen.os_image)
     .bind(newly_terminated.then(|| to_db(at)))
+    .bind(seen.resources.map(|r| r.0))
+    .bind(seen.resources.map(|r| r.1))
+    .bind(seen.resources.map(|r| r.2))
     .execute(&mut *conn)
     .await?;
     Ok(Observed {
@@ -175,8 +181,8 @@ pub async fn insert_unowned(
     let done = sqlx::query(
         "INSERT INTO vms (id, fluence_id, team_id, deployment_id, name, status, price_per_epoch_micros, \
          total_spent_micros, reserved_balance_micros, next_billing_at, created_at, seen_at, public_ip, \
-         datacenter, open_ports, os_image) \
-         VALUES (?1, ?2, NULL, NULL, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+         datacenter, open_ports, os_image, vcpus, ram_gib, storage_gib) \
+         VALUES (?1, ?2, NULL, NULL, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17) \
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(vm.id)
@@ -193,6 +199,9 @@ pub async fn insert_unowned(
     .bind(seen.datacenter.to_string())
     .bind(seen.open_ports.to_string())
     .bind(seen.os_image)
+    .bind(seen.resources.map_or(0, |r| r.0))
+    .bind(seen.resources.map_or(0, |r| r.1))
+    .bind(seen.resources.map_or(0, |r| r.2))
     .execute(&mut *conn)
     .await?;
     if done.rows_affected() == 1 {

@@ -203,6 +203,8 @@ async fn unowned_and_vanished_vms_are_recorded_and_teams_never_see_them_f3() {
         .collect();
     assert_eq!(unowned.len(), 1, "{}", all.text);
     assert_eq!(unowned[0]["name"], "by-hand");
+    assert_eq!(unowned[0]["vcpus"], 2, "resources come from the listing");
+    assert_eq!(unowned[0]["ram_gib"], 4);
     let only_unowned = app
         .call(Method::GET, "/v1/vms?unowned=true", Some(ADMIN_TOKEN), None)
         .await;
