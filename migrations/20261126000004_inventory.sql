@@ -7,6 +7,9 @@ ALTER TABLE vms ADD COLUMN open_ports TEXT;              -- JSON [{port, protoco
 ALTER TABLE vms ADD COLUMN os_image TEXT;
 -- When the provider terminated it (status Terminated seen); NULL otherwise.
 ALTER TABLE vms ADD COLUMN terminated_at TEXT;
+-- Since when a VM seen before is missing from Fluence's list: one missing sighting is not a
+-- deletion (lists can lag), so it is marked deleted only after a while.
+ALTER TABLE vms ADD COLUMN missing_since TEXT;
 CREATE INDEX vms_status ON vms (status) WHERE deleted_at IS NULL;
 
 -- Append-only: what happened to a VM, as the gateway saw it.

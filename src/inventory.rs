@@ -6,7 +6,9 @@
 //! the balance it holds for them. VMs whose name is a deployment's are left to the deploy
 //! worker, which adopts them with their owner.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+
+use chrono::TimeDelta;
 
 use serde_json::{Value, json};
 
@@ -71,26 +73,30 @@ struct Tally {
     unowned: usize,
     disappeared: usize,
     terminated: usize,
-    finalized: usize,
+    adopted: usize,
 }
+
+/// How long a VM seen before may be missing from Fluence's list before it counts as deleted
+/// (unless its user had stopped it, which is how a deletion shows first).
+pub const MISSING_FOR: TimeDelta = TimeDelta::minutes(10);
 
 pub async fn sync(state: &AppState) -> Result<String, String> {
     let db = |e: sqlx::Error| format!("database: {e}");
-    let listing = state
-        .fluence
-        .list_vms()
-        .await
-        .map_err(|e| format!("listing Fluence's VMs: {e}"))?;
-    let at = now();
+    // Taken before the call: the listing speaks for this instant, and a VM the deploy worker
+    // saw later must not be judged by it.
+    let listed_at = now();
+    let listing = match state.fluence.list_vms().await {
+        Ok(listing) => listing,
+        Err(error) => {
+            // Alerts depend on the ledger and holds too, not on this listing alone.
+            let _ = crate::alerts::check_all(state).await;
+            return Err(format!("listing Fluence's VMs: {error}"));
+        }
+    };
+    let at = listed_at;
     let mut tally = Tally::default();
     let mut tx = state.store.begin_write().await.map_err(|e| e.to_string())?;
-    let deployment_names: HashSet<String> =
-        sqlx::query_scalar::<_, String>("SELECT upstream_name FROM deployments")
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db)?
-            .into_iter()
-            .collect();
+    let deployments = deployment_names(&mut tx, at).await.map_err(db)?;
     let mut listed = HashSet::new();
     for vm in &listing {
         let id = vm.id.canonical();
@@ -104,10 +110,16 @@ pub async fn sync(state: &AppState) -> Result<String, String> {
             continue;
         }
         let name = vm.vm_name.as_deref().unwrap_or("");
-        if deployment_names.contains(name) {
-            // One of the gateway's own, not recorded yet (its answer was lost or is late):
-            // the deploy worker adopts it with its team.
-            continue;
+        match deployments.get(name) {
+            // Still the deploy worker's to adopt, with its team and hold.
+            Some(owner) if owner.pending => continue,
+            // A late VM of a deployment the worker is done with: it is the team's all the same.
+            Some(owner) => {
+                adopt_for(&mut tx, owner, vm, &seen, at).await.map_err(db)?;
+                tally.adopted += 1;
+                continue;
+            }
+            None => {}
         }
         let unowned = Unowned {
             id: &id,
@@ -124,19 +136,27 @@ pub async fn sync(state: &AppState) -> Result<String, String> {
             tally.unowned += 1;
         }
     }
-    // Seen before and gone now: deleted at Fluence (by hand, or by the provider after a
-    // termination). VMs never seen yet are the deploy worker's to wait for.
-    for (id, team) in vms::seen_live(&mut tx).await.map_err(db)? {
-        if listed.contains(&id) {
+    for vm in vms::seen_live(&mut tx, listed_at).await.map_err(db)? {
+        if listed.contains(&vm.id) || vm.unsettled {
             continue;
         }
-        if vms::mark_deleted(&mut tx, &id, at).await.map_err(db)? {
+        // A VM its user stopped (how a deletion shows first) is gone once unlisted; any other
+        // is given a while, since one missing sighting may be the list lagging.
+        let gone = vm.status == "Stopped"
+            || vm
+                .missing_since
+                .is_some_and(|since| at - since >= MISSING_FOR);
+        if !gone {
+            vms::mark_missing(&mut tx, &vm.id, at).await.map_err(db)?;
+            continue;
+        }
+        if vms::mark_deleted(&mut tx, &vm.id, at).await.map_err(db)? {
             vms::event(
                 &mut tx,
-                &id,
-                team.as_deref(),
+                &vm.id,
+                vm.team_id.as_deref(),
                 "disappeared",
-                None,
+                Some(&vm.status),
                 Some("Deleted"),
                 None,
                 at,
@@ -151,19 +171,112 @@ pub async fn sync(state: &AppState) -> Result<String, String> {
     let finalize = finalize_terminated(state).await;
     let alerts = crate::alerts::check_all(state).await;
     let summary = format!(
-        "{} listed: {} updated, {} charged, {} unowned found, {} gone, {} terminated by the provider, {} finalized",
+        "{} listed: {} updated, {} charged, {} adopted late, {} unowned found, {} gone, {} terminated by the provider, {} finalized",
         listing.len(),
         tally.updated,
         tally.charges,
+        tally.adopted,
         tally.unowned,
         tally.disappeared,
         tally.terminated,
-        finalize.as_ref().map_or(0, |n| *n) + tally.finalized,
+        finalize.as_ref().map_or(0, |n| *n),
     );
     match (finalize, alerts) {
         (Ok(_), Ok(fired)) => Ok(format!("{summary}; {fired} budget alerts")),
         (Err(e), _) | (_, Err(e)) => Err(format!("{summary}; {e}")),
     }
+}
+
+/// A deployment, as the sync needs it to recognise its VMs by name.
+struct Owner {
+    deployment_id: String,
+    team_id: String,
+    configuration: String,
+    per_vm: crate::domain::quota::Resources,
+    /// The deploy worker still acts on it (and adopts its VMs itself).
+    pending: bool,
+}
+
+async fn deployment_names(
+    conn: &mut sqlx::SqliteConnection,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<HashMap<String, Owner>, sqlx::Error> {
+    use sqlx::Row;
+    let late_window = crate::store::time::to_db(at - crate::deploy::reconcile::LATE_ARRIVAL_WINDOW);
+    let rows = sqlx::query(
+        "SELECT id, team_id, upstream_name, configuration, vcpus, ram_gib, storage_gib, \
+         (status IN ('queued', 'estimating', 'waiting_for_price', 'admitted', 'deploying', 'unknown') \
+          OR (status = 'deployed' AND settled_at IS NULL) \
+          OR (status = 'failed' AND reason_code = 'not_created' AND updated_at >= ?1)) AS pending \
+         FROM deployments",
+    )
+    .bind(late_window)
+    .fetch_all(conn)
+    .await?;
+    let mut owners = HashMap::new();
+    for row in &rows {
+        let count = |c: &str| -> Result<u64, sqlx::Error> {
+            Ok(u64::try_from(row.try_get::<i64, _>(c)?).unwrap_or(0))
+        };
+        owners.insert(
+            row.try_get("upstream_name")?,
+            Owner {
+                deployment_id: row.try_get("id")?,
+                team_id: row.try_get("team_id")?,
+                configuration: row.try_get("configuration")?,
+                per_vm: crate::domain::quota::Resources {
+                    vcpus: count("vcpus")?,
+                    ram_gib: count("ram_gib")?,
+                    storage_gib: count("storage_gib")?,
+                },
+                pending: row.try_get::<i64, _>("pending")? != 0,
+            },
+        );
+    }
+    Ok(owners)
+}
+
+/// Records a VM of a finished deployment that appeared late, owned by its team, with all its
+/// charges (they are the team's).
+async fn adopt_for(
+    conn: &mut sqlx::SqliteConnection,
+    owner: &Owner,
+    vm: &RunningInstance,
+    seen: &Sighting<'_>,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<(), sqlx::Error> {
+    let id = vm.id.canonical();
+    crate::store::deployments::insert_vm(
+        &mut *conn,
+        &crate::store::deployments::NewVm {
+            id: &id,
+            fluence_id: vm.id.as_str(),
+            team_id: &owner.team_id,
+            deployment_id: &owner.deployment_id,
+            name: vm.vm_name.as_deref().unwrap_or(""),
+            status: seen.status,
+            price_per_epoch: vm.price_per_epoch,
+            configuration: &owner.configuration,
+            resources: owner.per_vm,
+            expires_at: None,
+            created_at: vm.created_at,
+        },
+    )
+    .await?;
+    tracing::warn!(vm = %id, deployment = %owner.deployment_id, "a VM of a finished deployment appeared late; adopted");
+    vms::event(
+        &mut *conn,
+        &id,
+        Some(&owner.team_id),
+        "adopted_late",
+        None,
+        Some(seen.status),
+        Some(json!({"deployment": owner.deployment_id})),
+        at,
+    )
+    .await?;
+    vms::observe(conn, &id, seen, at).await?;
+    Ok(())
 }
 
 /// Deletes the provider-terminated VMs of teams whose policy says so: Fluence keeps their
@@ -177,12 +290,15 @@ async fn finalize_terminated(state: &AppState) -> Result<usize, String> {
     if due.is_empty() {
         return Ok(0);
     }
-    let ids: Vec<VmId> = due.iter().map(|(_, _, f)| VmId::new(f.clone())).collect();
-    state
-        .fluence
-        .delete_vms(&ids)
-        .await
-        .map_err(|e| format!("finalizing {} terminated VMs: {e}", ids.len()))?;
+    let targets: Vec<(String, String)> = due
+        .iter()
+        .map(|(id, _, fluence_id)| (id.clone(), fluence_id.clone()))
+        .collect();
+    let (deleted, failures) = delete_at_fluence(state, &targets).await?;
+    let due: Vec<_> = due
+        .into_iter()
+        .filter(|(id, _, _)| deleted.contains(id))
+        .collect();
     let at = now();
     let mut tx = state.store.begin_write().await.map_err(|e| e.to_string())?;
     let mut done = 0;
@@ -209,7 +325,58 @@ async fn finalize_terminated(state: &AppState) -> Result<usize, String> {
         }
     }
     tx.commit().await.map_err(db)?;
-    Ok(done)
+    if failures.is_empty() {
+        Ok(done)
+    } else {
+        Err(format!(
+            "finalizing terminated VMs: {}",
+            failures.join("; ")
+        ))
+    }
+}
+
+/// Deletes VMs at Fluence, given as `(local id, Fluence id)`: one call for the batch; if it
+/// fails (one VM already gone can fail it whole), Fluence's list says which are left, and those
+/// are deleted one by one. Returns the local ids that are gone at Fluence now, and what failed.
+pub async fn delete_at_fluence(
+    state: &AppState,
+    vms: &[(String, String)],
+) -> Result<(Vec<String>, Vec<String>), String> {
+    let ids: Vec<VmId> = vms.iter().map(|(_, f)| VmId::new(f.clone())).collect();
+    if ids.is_empty() || state.fluence.delete_vms(&ids).await.is_ok() {
+        return Ok((vms.iter().map(|(id, _)| id.clone()).collect(), Vec::new()));
+    }
+    let listed = listed_ids(state).await?;
+    let mut failures = Vec::new();
+    for (id, fluence_id) in vms.iter().filter(|(id, _)| listed.contains(id)) {
+        let one = [VmId::new(fluence_id.clone())];
+        if let Err(error) = state.fluence.delete_vms(&one).await {
+            failures.push(format!("{id}: {error}"));
+        }
+    }
+    let still_there = if failures.is_empty() {
+        Vec::new()
+    } else {
+        listed_ids(state).await?
+    };
+    let gone = vms
+        .iter()
+        .map(|(id, _)| id.clone())
+        .filter(|id| !still_there.contains(id))
+        .collect();
+    Ok((gone, failures))
+}
+
+/// The ids of every VM in Fluence's list, canonical.
+async fn listed_ids(state: &AppState) -> Result<Vec<String>, String> {
+    Ok(state
+        .fluence
+        .list_vms()
+        .await
+        .map_err(|e| format!("listing Fluence's VMs: {e}"))?
+        .into_iter()
+        .map(|vm| vm.id.canonical())
+        .collect())
 }
 
 /// Brings the given VMs up to date from Fluence's list right now, so that a charge made since

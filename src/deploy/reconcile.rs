@@ -20,17 +20,26 @@ use crate::store::vms;
 /// Fluence's VMs, grouped by name for matching.
 pub struct Listing {
     by_name: HashMap<String, Vec<RunningInstance>>,
+    by_id: HashMap<String, RunningInstance>,
+    /// When the list was asked for: what it shows is true as of then.
+    listed_at: DateTime<Utc>,
 }
 
 impl Listing {
-    pub fn new(vms: Vec<RunningInstance>) -> Listing {
+    pub fn new(vms: Vec<RunningInstance>, listed_at: DateTime<Utc>) -> Listing {
         let mut by_name: HashMap<String, Vec<RunningInstance>> = HashMap::new();
+        let mut by_id = HashMap::new();
         for vm in vms {
+            by_id.insert(vm.id.canonical(), vm.clone());
             if let Some(name) = vm.vm_name.clone() {
                 by_name.entry(name).or_default().push(vm);
             }
         }
-        Listing { by_name }
+        Listing {
+            by_name,
+            by_id,
+            listed_at,
+        }
     }
 
     fn named(&self, name: &str) -> &[RunningInstance] {
@@ -193,21 +202,32 @@ pub async fn settle_deployed(
     listing: &Listing,
 ) -> Result<bool, StepError> {
     let at = now();
-    let found = listing.named(&deployment.upstream_name);
     let spec = spec_of(deployment)?;
+    let mut tx = state.store.begin_write().await?;
+    let recorded = deployments::vm_ids(&mut tx, &deployment.id).await?;
+    // Its VMs by name, and the recorded ones by id too: a VM renamed by its team before the
+    // hold settled no longer carries the deployment's name.
+    let mut found: Vec<&RunningInstance> =
+        listing.named(&deployment.upstream_name).iter().collect();
+    for id in &recorded {
+        if let Some(vm) = listing.by_id.get(id) {
+            if !found.iter().any(|f| f.id.canonical() == *id) {
+                found.push(vm);
+            }
+        }
+    }
     let expires_at = spec.ttl_hours.and_then(|h| {
         deployment
             .updated_at
             .checked_add_signed(TimeDelta::hours(i64::from(h)))
     });
-    let mut tx = state.store.begin_write().await?;
-    for vm in found {
+    for vm in found.iter().copied() {
         insert_found(&mut tx, deployment, vm, expires_at, at).await?;
         vms::observe(
             &mut tx,
             &vm.id.canonical(),
             &crate::inventory::sighting_of(vm),
-            at,
+            listing.listed_at,
         )
         .await?;
     }

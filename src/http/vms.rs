@@ -268,21 +268,20 @@ fn ports_of(
 /// The ports a VM has, from its last listing (`[]` before the first: only 22/tcp is open then).
 fn current_ports(vm: &VmRecord) -> Vec<(u16, PortProtocol)> {
     let listed: Vec<Port> = serde_json::from_value(vm.open_ports.clone()).unwrap_or_default();
-    let mut ports: Vec<(u16, PortProtocol)> = listed
-        .into_iter()
-        .map(|p| {
-            let protocol = match p.protocol {
-                Protocol::Tcp => PortProtocol::Tcp,
-                Protocol::Udp => PortProtocol::Udp,
-                Protocol::Sctp => PortProtocol::Sctp,
-            };
-            (p.port, protocol)
-        })
-        .collect();
+    let mut ports: Vec<(u16, PortProtocol)> = listed.iter().map(port_of).collect();
     if ports.is_empty() {
         ports.push(crate::domain::ports::SSH);
     }
     ports
+}
+
+fn port_of(port: &Port) -> (u16, PortProtocol) {
+    let protocol = match port.protocol {
+        Protocol::Tcp => PortProtocol::Tcp,
+        Protocol::Udp => PortProtocol::Udp,
+        Protocol::Sctp => PortProtocol::Sctp,
+    };
+    (port.port, protocol)
 }
 
 fn wire_ports(ports: &[(u16, PortProtocol)]) -> Vec<Port> {
@@ -377,9 +376,25 @@ async fn update_vm(
         );
     }
     problems.finish()?;
+    let current = match (&change, vm.open_ports.is_null(), &vm.deployment_id) {
+        // Not listed yet: what it was deployed with is what is open.
+        (Some(_), true, Some(deployment_id)) => {
+            let mut conn = state.store.pool().acquire().await?;
+            let spec = match crate::store::deployments::get(&mut conn, deployment_id).await? {
+                Some(d) => crate::deploy::worker::spec_of(&d).ok(),
+                None => None,
+            };
+            let mut ports: Vec<(u16, PortProtocol)> = spec
+                .map(|s| s.open_ports.iter().map(port_of).collect())
+                .unwrap_or_default();
+            ports.push(crate::domain::ports::SSH);
+            ports
+        }
+        _ => current_ports(&vm),
+    };
     let ports = match &change {
         Some(change) => Some(
-            next_ports(&current_ports(&vm), change, input.allow_closing_ssh).map_err(|e| {
+            next_ports(&current, change, input.allow_closing_ssh).map_err(|e| {
                 ApiError::field(if replace { "open_ports" } else { "add_ports" }, e)
             })?,
         ),

@@ -68,9 +68,10 @@ pub async fn run(state: &AppState) -> Result<String, String> {
     };
     let (mut reconciled, mut settled, mut late_adopted) = (0, 0, 0);
     if !pending.is_empty() || !late.is_empty() {
+        let listed_at = crate::store::time::now();
         match state.fluence.list_vms().await {
             Ok(vms) => {
-                let listing = Listing::new(vms);
+                let listing = Listing::new(vms, listed_at);
                 for deployment in &late {
                     match reconcile::adopt_late(state, deployment, &listing).await {
                         Ok(adopted) => late_adopted += usize::from(adopted),

@@ -4,7 +4,6 @@
 
 use serde_json::json;
 
-use crate::domain::ids::VmId;
 use crate::state::AppState;
 use crate::store::audit::{self, NewAuditEntry};
 use crate::store::idempotency;
@@ -33,34 +32,17 @@ pub async fn run(state: &AppState) -> Result<String, String> {
             "no VM past its TTL; {purged} expired idempotency records purged"
         ));
     }
-    let ids: Vec<VmId> = expired
-        .iter()
-        .map(|(_, _, fluence_id)| VmId::new(fluence_id.clone()))
-        .collect();
-    // Upstream first: a VM marked deleted here but alive at Fluence would be billed unseen.
-    // One call for the batch; if it fails (one VM already gone can fail it whole), Fluence's
-    // list says which are still there, and those are deleted one by one, so a single stray id
-    // never blocks the rest.
     let local: Vec<String> = expired.iter().map(|(id, _, _)| id.clone()).collect();
     crate::inventory::observe_before_delete(state, &local).await?;
-    let mut failures = Vec::new();
-    if let Err(error) = state.fluence.delete_vms(&ids).await {
-        tracing::warn!(%error, "batch delete of expired VMs failed; deleting one by one");
-        let listed = listed_ids(state).await?;
-        for id in ids.iter().filter(|id| listed.contains(&id.canonical())) {
-            if let Err(error) = state.fluence.delete_vms(std::slice::from_ref(id)).await {
-                failures.push(format!("{}: {error}", id.as_str()));
-            }
-        }
-    }
-    let still_there = if failures.is_empty() {
-        Vec::new()
-    } else {
-        listed_ids(state).await?
-    };
+    // Upstream first: a VM marked deleted here but alive at Fluence would be billed unseen.
+    let targets: Vec<(String, String)> = expired
+        .iter()
+        .map(|(id, _, fluence_id)| (id.clone(), fluence_id.clone()))
+        .collect();
+    let (gone, failures) = crate::inventory::delete_at_fluence(state, &targets).await?;
     let expired: Vec<_> = expired
         .into_iter()
-        .filter(|(id, _, _)| !still_there.contains(id))
+        .filter(|(id, _, _)| gone.contains(id))
         .collect();
     let at = now();
     let mut tx = state.store.begin_write().await.map_err(|e| e.to_string())?;
@@ -96,16 +78,4 @@ pub async fn run(state: &AppState) -> Result<String, String> {
             failures.join("; ")
         ))
     }
-}
-
-/// The ids of every VM in Fluence's list, canonical.
-async fn listed_ids(state: &AppState) -> Result<Vec<String>, String> {
-    Ok(state
-        .fluence
-        .list_vms()
-        .await
-        .map_err(|e| format!("listing Fluence's VMs: {e}"))?
-        .into_iter()
-        .map(|vm| vm.id.canonical())
-        .collect())
 }

@@ -51,7 +51,8 @@ pub async fn observe(
     at: DateTime<Utc>,
 ) -> Result<Observed, sqlx::Error> {
     let Some(row) = sqlx::query(
-        "SELECT team_id, total_spent_micros, status, next_billing_at, terminated_at FROM vms WHERE id = ?1",
+        "SELECT team_id, total_spent_micros, status, next_billing_at, terminated_at, seen_at, \
+         deleted_at FROM vms WHERE id = ?1",
     )
     .bind(id)
     .fetch_optional(&mut *conn)
@@ -59,24 +60,52 @@ pub async fn observe(
     else {
         return Ok(Observed::default());
     };
+    let last_seen: Option<DateTime<Utc>> = from_db_opt(row.try_get("seen_at")?)?;
+    if last_seen.is_some_and(|last| last > at) {
+        // A listing older than one already applied (two jobs list concurrently): it can only
+        // take the VM back in time.
+        return Ok(Observed {
+            known: true,
+            ..Observed::default()
+        });
+    }
     let team_id: Option<String> = row.try_get("team_id")?;
     let before: i64 = row.try_get("total_spent_micros")?;
     let old_status: String = row.try_get("status")?;
     let due: Option<DateTime<Utc>> = from_db_opt(row.try_get("next_billing_at")?)?;
     let terminated_at: Option<String> = row.try_get("terminated_at")?;
+    let deleted_at: Option<String> = row.try_get("deleted_at")?;
     let now_spent = seen.total_spent.micros();
     let charged = now_spent.saturating_sub(before).max(0);
     // totalSpent only grows; a smaller figure (a provider correction) is kept, not charged back.
     if charged > 0 {
-        let charged_at = due.or(seen.created_at).unwrap_or(at);
-        sqlx::query(
-            "INSERT INTO ledger (vm_id, team_id, amount_micros, at) VALUES (?1, ?2, ?3, ?4)",
+        let first = due.or(seen.created_at).unwrap_or(at);
+        for (amount, charged_at) in split_charges(charged, seen.price_per_epoch.micros(), first) {
+            sqlx::query(
+                "INSERT INTO ledger (vm_id, team_id, amount_micros, at) VALUES (?1, ?2, ?3, ?4)",
+            )
+            .bind(id)
+            .bind(&team_id)
+            .bind(amount)
+            .bind(to_db(charged_at))
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    // A VM marked deleted because it had gone missing, listed again and not as stopped by its
+    // user, is alive after all.
+    let reappeared = deleted_at.is_some() && seen.status != "Stopped" && old_status == "Deleted";
+    if reappeared {
+        event(
+            conn,
+            id,
+            team_id.as_deref(),
+            "reappeared",
+            Some(&old_status),
+            Some(seen.status),
+            None,
+            at,
         )
-        .bind(id)
-        .bind(&team_id)
-        .bind(charged)
-        .bind(to_db(charged_at))
-        .execute(&mut *conn)
         .await?;
     }
     // `Deleted` is the gateway's own; Fluence's list never says it, so it is not a change.
@@ -101,7 +130,8 @@ pub async fn observe(
         .await?;
     }
     sqlx::query(
-        "UPDATE vms SET status = CASE WHEN deleted_at IS NULL THEN ?2 ELSE status END, \
+        "UPDATE vms SET status = CASE WHEN deleted_at IS NULL OR ?16 THEN ?2 ELSE status END, \
+         deleted_at = CASE WHEN ?16 THEN NULL ELSE deleted_at END, missing_since = NULL, \
          price_per_epoch_micros = ?3, total_spent_micros = MAX(total_spent_micros, ?4), \
          reserved_balance_micros = ?5, next_billing_at = ?6, seen_at = ?7, public_ip = ?8, \
          datacenter = ?9, open_ports = ?10, os_image = COALESCE(?11, os_image), \
@@ -123,6 +153,7 @@ pub async fn observe(
     .bind(seen.resources.map(|r| r.0))
     .bind(seen.resources.map(|r| r.1))
     .bind(seen.resources.map(|r| r.2))
+    .bind(reappeared)
     .execute(&mut *conn)
     .await?;
     Ok(Observed {
@@ -131,6 +162,34 @@ pub async fn observe(
         status_changed,
         newly_terminated,
     })
+}
+
+/// The most epochs one rise is spread over; a longer gap is past any real outage.
+const MAX_SPLIT_EPOCHS: i64 = 400;
+
+/// A rise of `totalSpent` seen at once may cover several epochs (the sync was down, a VM adopted
+/// late): it is spread one price per 24 h from `first`, the remainder on the last, so that each
+/// charge lands on the day (and in the budget period) Fluence made it.
+pub fn split_charges(charged: i64, price: i64, first: DateTime<Utc>) -> Vec<(i64, DateTime<Utc>)> {
+    if price <= 0 || charged <= price {
+        return vec![(charged, first)];
+    }
+    let epochs = (charged / price).min(MAX_SPLIT_EPOCHS);
+    let mut out: Vec<(i64, DateTime<Utc>)> = (0..epochs)
+        .map(|k| {
+            let at = first
+                .checked_add_signed(chrono::TimeDelta::hours(24 * k))
+                .unwrap_or(first);
+            (price, at)
+        })
+        .collect();
+    let rest = charged - price * epochs;
+    if rest > 0 {
+        if let Some(last) = out.last_mut() {
+            last.0 += rest;
+        }
+    }
+    out
 }
 
 /// Records an event of a VM's life.
@@ -220,18 +279,56 @@ pub async fn insert_unowned(
     Ok(done.rows_affected() == 1)
 }
 
-/// Live VMs that were seen in an earlier listing, as `(id, team)`.
+/// A live VM seen in an earlier listing, as the disappearance rule needs it.
+#[derive(Debug, Clone)]
+pub struct SeenLive {
+    pub id: String,
+    pub team_id: Option<String>,
+    pub status: String,
+    pub missing_since: Option<DateTime<Utc>>,
+    /// Its deployment's hold is not settled: the deploy worker still waits for it.
+    pub unsettled: bool,
+}
+
+/// Live VMs last seen before `before` (a listing taken at `before` can speak for them).
 pub async fn seen_live(
     conn: &mut SqliteConnection,
-) -> Result<Vec<(String, Option<String>)>, sqlx::Error> {
+    before: DateTime<Utc>,
+) -> Result<Vec<SeenLive>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT id, team_id FROM vms WHERE deleted_at IS NULL AND seen_at IS NOT NULL ORDER BY id",
+        "SELECT v.id, v.team_id, v.status, v.missing_since, \
+                (d.id IS NOT NULL AND d.settled_at IS NULL) AS unsettled \
+         FROM vms v LEFT JOIN deployments d ON d.id = v.deployment_id \
+         WHERE v.deleted_at IS NULL AND v.seen_at IS NOT NULL AND v.seen_at < ?1 ORDER BY v.id",
     )
+    .bind(to_db(before))
     .fetch_all(conn)
     .await?;
     rows.iter()
-        .map(|row| Ok((row.try_get("id")?, row.try_get("team_id")?)))
+        .map(|row| {
+            Ok(SeenLive {
+                id: row.try_get("id")?,
+                team_id: row.try_get("team_id")?,
+                status: row.try_get("status")?,
+                missing_since: from_db_opt(row.try_get("missing_since")?)?,
+                unsettled: row.try_get::<i64, _>("unsettled")? != 0,
+            })
+        })
         .collect()
+}
+
+/// Notes that a VM is missing from a listing at `at` (first time only).
+pub async fn mark_missing(
+    conn: &mut SqliteConnection,
+    id: &str,
+    at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE vms SET missing_since = COALESCE(missing_since, ?2) WHERE id = ?1")
+        .bind(id)
+        .bind(to_db(at))
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Live VMs whose TTL has passed, oldest first, with their team.
@@ -476,4 +573,31 @@ pub async fn events(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_rise_covering_several_epochs_is_spread_one_price_per_day() {
+        let first = at("2026-01-30T17:55:00Z");
+        assert_eq!(split_charges(5, 10, first), vec![(5, first)]);
+        assert_eq!(split_charges(10, 10, first), vec![(10, first)]);
+        let spread = split_charges(35, 10, first);
+        assert_eq!(
+            spread,
+            vec![
+                (10, first),
+                (10, at("2026-01-31T17:55:00Z")),
+                (15, at("2026-02-01T17:55:00Z")),
+            ]
+        );
+        assert_eq!(spread.iter().map(|(a, _)| a).sum::<i64>(), 35);
+        assert_eq!(split_charges(35, 0, first), vec![(35, first)]);
+    }
 }

@@ -778,3 +778,37 @@ async fn a_team_may_keep_its_terminated_vms_flagged_instead_of_deleted() {
     let vm = get_vm(&app, &member, &vms[0]).await;
     assert_eq!(vm.json["status"], "Deleted", "{}", vm.text);
 }
+
+/// An edit of the ports before the first sync keeps the ports the VM was deployed with.
+#[tokio::test]
+async fn a_port_edit_before_the_first_sync_keeps_the_deployed_ports() {
+    let app = app(&[]).await;
+    app.create_team("ml", "1000").await;
+    let member = app.mint_key("ml", "member").await;
+    let vms = deployed_vms(&app, &member, "web", 1).await;
+    let reply = app
+        .call(
+            Method::PATCH,
+            &format!("/v1/vms/{}", vms[0]),
+            Some(&member),
+            Some(json!({"add_ports": [{"port": 443}]})),
+        )
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let state = app.sim_state().await;
+    let patch = state["calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .rfind(|c| c["method"] == "PATCH")
+        .cloned()
+        .unwrap_or_default();
+    let mut ports: Vec<u64> = patch["body"]["updates"][0]["openPorts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["port"].as_u64())
+        .collect();
+    ports.sort_unstable();
+    assert_eq!(ports, [22, 80, 443], "80 came with the deployment");
+}
