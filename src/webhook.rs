@@ -122,7 +122,8 @@ pub async fn deliver_due(state: &AppState) -> Result<String, String> {
             }
             Some(error) => {
                 failed += 1;
-                let tried = u32::try_from(attempts + 1).unwrap_or(u32::MAX);
+                // The first retry comes 10 s after the first attempt, then 20 s, 40 s, ...
+                let tried = u32::try_from(attempts).unwrap_or(u32::MAX);
                 sqlx::query(
                     "UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_at = ?2, last_error = ?3 WHERE id = ?1",
                 )
@@ -136,8 +137,19 @@ pub async fn deliver_due(state: &AppState) -> Result<String, String> {
         }
         tx.commit().await.map_err(db)?;
     }
-    let summary = format!("{sent} delivered, {failed} to retry");
-    if failed == 0 {
+    let given_up: i64 = {
+        let mut conn = state.store.pool().acquire().await.map_err(db)?;
+        sqlx::query_scalar(
+            "SELECT count(*) FROM webhook_outbox WHERE delivered_at IS NULL AND attempts >= ?1",
+        )
+        .bind(i64::from(settings.max_attempts))
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db)?
+    };
+    let summary =
+        format!("{sent} delivered, {failed} to retry, {given_up} given up after max_attempts");
+    if failed == 0 && given_up == 0 {
         Ok(summary)
     } else {
         Err(summary)

@@ -129,6 +129,17 @@ async fn get_spend(
     problems.finish()?;
 
     let mut conn = state.store.pool().acquire().await?;
+    if let Some(team) = &team {
+        // An admin naming a team that does not exist learns so, rather than seeing no spend.
+        if !crate::store::teams::id_taken(
+            &mut conn,
+            &crate::domain::team::TeamId::parse(team).map_err(|_| super::teams::not_found())?,
+        )
+        .await?
+        {
+            return Err(super::teams::not_found());
+        }
+    }
     let rows = spend::grouped(&mut conn, team.as_deref(), from, to, by).await?;
     let total = rows
         .iter()
