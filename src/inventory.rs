@@ -283,48 +283,17 @@ async fn adopt_for(
 /// reserved balance until they are deleted.
 async fn finalize_terminated(state: &AppState) -> Result<usize, String> {
     let db = |e: sqlx::Error| format!("database: {e}");
-    let due = {
+    let due: Vec<JobDeletion> = {
         let mut conn = state.store.pool().acquire().await.map_err(db)?;
-        vms::terminated_to_finalize(&mut conn).await.map_err(db)?
-    };
-    if due.is_empty() {
-        return Ok(0);
-    }
-    let targets: Vec<(String, String)> = due
-        .iter()
-        .map(|(id, _, fluence_id)| (id.clone(), fluence_id.clone()))
-        .collect();
-    let (deleted, failures) = delete_at_fluence(state, &targets).await?;
-    let due: Vec<_> = due
-        .into_iter()
-        .filter(|(id, _, _)| deleted.contains(id))
-        .collect();
-    let at = now();
-    let mut tx = state.store.begin_write().await.map_err(|e| e.to_string())?;
-    let mut done = 0;
-    for (id, team, _) in &due {
-        if vms::mark_deleted(&mut tx, id, at).await.map_err(db)? {
-            done += 1;
-            audit::record(
-                &mut tx,
-                NewAuditEntry {
-                    actor: "job:inventory",
-                    actor_role: "system",
-                    action: "vm.delete",
-                    target_type: "vm",
-                    target_id: id,
-                    team_id: Some(team),
-                    before: Some(json!({"status": "Terminated"})),
-                    after: Some(json!({"status": "Deleted", "cause": "terminated_by_provider"})),
-                    request_id: None,
-                },
-                at,
-            )
+        vms::terminated_to_finalize(&mut conn)
             .await
-            .map_err(db)?;
-        }
-    }
-    tx.commit().await.map_err(db)?;
+            .map_err(db)?
+            .into_iter()
+            .map(|(id, team, fluence_id)| (id, Some(team), fluence_id))
+            .collect()
+    };
+    let (done, failures) =
+        delete_for_job(state, &due, "job:inventory", "terminated_by_provider").await?;
     if failures.is_empty() {
         Ok(done)
     } else {
@@ -333,6 +302,72 @@ async fn finalize_terminated(state: &AppState) -> Result<usize, String> {
             failures.join("; ")
         ))
     }
+}
+
+/// A VM a job deletes: `(local id, team, Fluence id)`.
+pub type JobDeletion = (String, Option<String>, String);
+
+/// Deletes VMs for a job (the reaper, the finalizer): at Fluence first, then marked deleted
+/// (which releases their commitment), each audited and recorded as an event with `cause`.
+/// Returns how many were deleted and what failed.
+pub async fn delete_for_job(
+    state: &AppState,
+    due: &[JobDeletion],
+    actor: &str,
+    cause: &str,
+) -> Result<(usize, Vec<String>), String> {
+    let db = |e: sqlx::Error| format!("database: {e}");
+    if due.is_empty() {
+        return Ok((0, Vec::new()));
+    }
+    let local: Vec<String> = due.iter().map(|(id, _, _)| id.clone()).collect();
+    observe_before_delete(state, &local).await?;
+    let targets: Vec<(String, String)> = due
+        .iter()
+        .map(|(id, _, fluence_id)| (id.clone(), fluence_id.clone()))
+        .collect();
+    let (gone, failures) = delete_at_fluence(state, &targets).await?;
+    let at = now();
+    let mut tx = state.store.begin_write().await.map_err(|e| e.to_string())?;
+    let mut done = 0;
+    for (id, team, _) in due.iter().filter(|(id, _, _)| gone.contains(id)) {
+        if !vms::mark_deleted(&mut tx, id, at).await.map_err(db)? {
+            continue;
+        }
+        done += 1;
+        let detail = json!({"cause": cause});
+        vms::event(
+            &mut tx,
+            id,
+            team.as_deref(),
+            "deleted",
+            None,
+            Some("Deleted"),
+            Some(detail),
+            at,
+        )
+        .await
+        .map_err(db)?;
+        audit::record(
+            &mut tx,
+            NewAuditEntry {
+                actor,
+                actor_role: "system",
+                action: "vm.delete",
+                target_type: "vm",
+                target_id: id,
+                team_id: team.as_deref(),
+                before: None,
+                after: Some(json!({"status": "Deleted", "cause": cause})),
+                request_id: None,
+            },
+            at,
+        )
+        .await
+        .map_err(db)?;
+    }
+    tx.commit().await.map_err(db)?;
+    Ok((done, failures))
 }
 
 /// Deletes VMs at Fluence, given as `(local id, Fluence id)`: one call for the batch; if it
