@@ -98,6 +98,7 @@ pub async fn sync(state: &AppState) -> Result<String, String> {
     let mut tx = state.store.begin_write().await.map_err(|e| e.to_string())?;
     let deployments = deployment_names(&mut tx, at).await.map_err(db)?;
     let mut listed = HashSet::new();
+    let mut late_failed = HashSet::new();
     for vm in &listing {
         let id = vm.id.canonical();
         listed.insert(id.clone());
@@ -111,6 +112,12 @@ pub async fn sync(state: &AppState) -> Result<String, String> {
         }
         let name = vm.vm_name.as_deref().unwrap_or("");
         match deployments.get(name) {
+            // Declared failed when nothing had appeared: adopted below, through the deploy
+            // worker's own path, once this transaction is done.
+            Some(owner) if owner.failed_unconfirmed => {
+                late_failed.insert(owner.deployment_id.clone());
+                continue;
+            }
             // Still the deploy worker's to adopt, with its team and hold.
             Some(owner) if owner.pending => continue,
             // A late VM of a deployment the worker is done with: it is the team's all the same.
@@ -168,6 +175,24 @@ pub async fn sync(state: &AppState) -> Result<String, String> {
     }
     tx.commit().await.map_err(db)?;
 
+    if !late_failed.is_empty() {
+        let view = crate::deploy::reconcile::Listing::new(listing.clone(), listed_at);
+        for id in &late_failed {
+            let mut conn = state.store.pool().acquire().await.map_err(db)?;
+            let found = crate::store::deployments::get(&mut conn, id)
+                .await
+                .map_err(db)?;
+            drop(conn);
+            if let Some(deployment) = found {
+                if crate::deploy::reconcile::adopt_late(state, &deployment, &view)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    tally.adopted += 1;
+                }
+            }
+        }
+    }
     let finalize = finalize_terminated(state).await;
     let alerts = crate::alerts::check_all(state).await;
     let summary = format!(
@@ -195,6 +220,9 @@ struct Owner {
     per_vm: crate::domain::quota::Resources,
     /// The deploy worker still acts on it (and adopts its VMs itself).
     pending: bool,
+    /// Declared failed because nothing appeared after a lost answer, recently enough that VMs
+    /// turning up now are its own.
+    failed_unconfirmed: bool,
 }
 
 async fn deployment_names(
@@ -207,7 +235,8 @@ async fn deployment_names(
         "SELECT id, team_id, upstream_name, configuration, vcpus, ram_gib, storage_gib, \
          (status IN ('queued', 'estimating', 'waiting_for_price', 'admitted', 'deploying', 'unknown') \
           OR (status = 'deployed' AND settled_at IS NULL) \
-          OR (status = 'failed' AND reason_code = 'not_created' AND updated_at >= ?1)) AS pending \
+          OR (status = 'failed' AND reason_code = 'not_created' AND updated_at >= ?1)) AS pending, \
+         (status = 'failed' AND reason_code = 'not_created' AND updated_at >= ?1) AS failed_unconfirmed \
          FROM deployments",
     )
     .bind(late_window)
@@ -230,6 +259,7 @@ async fn deployment_names(
                     storage_gib: count("storage_gib")?,
                 },
                 pending: row.try_get::<i64, _>("pending")? != 0,
+                failed_unconfirmed: row.try_get::<i64, _>("failed_unconfirmed")? != 0,
             },
         );
     }

@@ -67,7 +67,10 @@ pub async fn run(state: &AppState) -> Result<String, String> {
         .map_err(|e| format!("database: {e}"))?
     };
     let (mut reconciled, mut settled, mut late_adopted) = (0, 0, 0);
-    if !pending.is_empty() || !late.is_empty() {
+    // Fluence's list is asked for only while a deployment waits on it; late arrivals of failed
+    // deployments are looked for then, and by the inventory sync on its own schedule, so a
+    // failure does not turn into a list call every second for days.
+    if !pending.is_empty() {
         let listed_at = crate::store::time::now();
         match state.fluence.list_vms().await {
             Ok(vms) => {

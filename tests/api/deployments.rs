@@ -957,7 +957,11 @@ async fn vms_appearing_after_the_grace_period_are_adopted_late() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(created.status().is_success());
+    // The deploy worker no longer lists Fluence for a failed deployment; the inventory sync
+    // finds the VMs, and the worker then settles them like any deployed ones.
     app.run_job("deployer").await;
+    assert_eq!(app.deployment(&id).await["status"], "failed");
+    app.run_job("inventory").await;
     app.run_job("deployer").await;
     let adopted = app.deployment(&id).await;
     assert_eq!(adopted["status"], "deployed", "{adopted}");
