@@ -315,12 +315,7 @@ async fn finalize_terminated(state: &AppState) -> Result<usize, String> {
     let db = |e: sqlx::Error| format!("database: {e}");
     let due: Vec<JobDeletion> = {
         let mut conn = state.store.pool().acquire().await.map_err(db)?;
-        vms::terminated_to_finalize(&mut conn)
-            .await
-            .map_err(db)?
-            .into_iter()
-            .map(|(id, team, fluence_id)| (id, Some(team), fluence_id))
-            .collect()
+        vms::terminated_to_finalize(&mut conn).await.map_err(db)?
     };
     let (done, failures) =
         delete_for_job(state, &due, "job:inventory", "terminated_by_provider").await?;

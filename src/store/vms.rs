@@ -345,22 +345,14 @@ pub async fn expired(
     .bind(i64::from(limit))
     .fetch_all(conn)
     .await?;
-    rows.iter()
-        .map(|row| {
-            Ok((
-                row.try_get("id")?,
-                row.try_get("team_id")?,
-                row.try_get("fluence_id")?,
-            ))
-        })
-        .collect()
+    deletions(&rows)
 }
 
 /// Owned VMs the provider terminated that are still live here, of teams whose policy is to
 /// finalise them, as `(id, team, fluence id)`.
 pub async fn terminated_to_finalize(
     conn: &mut SqliteConnection,
-) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+) -> Result<Vec<(String, Option<String>, String)>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT v.id, v.team_id, v.fluence_id FROM vms v JOIN teams t ON t.id = v.team_id \
          WHERE v.deleted_at IS NULL AND v.terminated_at IS NOT NULL AND t.finalize_terminated = 1 \
@@ -368,6 +360,13 @@ pub async fn terminated_to_finalize(
     )
     .fetch_all(conn)
     .await?;
+    deletions(&rows)
+}
+
+/// Rows of `id, team_id, fluence_id`: VMs a job is to delete.
+fn deletions(
+    rows: &[sqlx::sqlite::SqliteRow],
+) -> Result<Vec<(String, Option<String>, String)>, sqlx::Error> {
     rows.iter()
         .map(|row| {
             Ok((
