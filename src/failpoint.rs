@@ -9,7 +9,9 @@
 //! `idempotency.after_claim` (1), `admission.after_commit` (2), `deploy.before_send` (3),
 //! `deploy.after_response` (6), `deploy.after_commit` (7), `settle.before_commit` (8); and
 //! `admission.check_then_act`, which with `sleep(ms)` turns the admission into the seeded race
-//! of the C1 mutation check.
+//! of the C1 mutation check; and `recovery.resend_deploying` (set with any action, e.g.
+//! `sleep(0)`), which makes start-up recovery re-send a deploy that was out instead of
+//! reconciling it: the seeded bug of the B1 mutation check.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -47,6 +47,11 @@ impl Listing {
     }
 }
 
+/// The seeded bug of the crash tests' mutation check (test builds only, see `failpoint`): a
+/// recovery that re-sends what was out when the process died instead of reconciling it. The
+/// reliability suite's B1 must catch it as a duplicate set.
+const RESEND_ON_RESTART: &str = "recovery.resend_deploying";
+
 /// On start: a `deploying` deployment was being sent by a process that is gone, so its outcome
 /// is unknown and only Fluence's list can tell; and an `Idempotency-Key` claimed by a request of
 /// that process will never be completed, so it is released for the client's retry (a deploy the
@@ -64,6 +69,19 @@ pub async fn recover(state: &AppState) -> Result<u64, StepError> {
     let open = deployments::open(&mut tx).await?;
     let mut moved = 0;
     for deployment in open.iter().filter(|d| d.status == Status::Deploying) {
+        if state.settings.failpoints.is_set(RESEND_ON_RESTART) {
+            // The seeded bug: hand the deploy back to the worker, which sends it again.
+            deployments::transition(
+                &mut tx,
+                &deployment.id,
+                &[Status::Deploying],
+                Status::Admitted,
+                Changes::default(),
+                at,
+            )
+            .await?;
+            continue;
+        }
         let message =
             "the gateway restarted while the deploy was out; Fluence's VM list will settle it";
         if to_unknown(&mut tx, deployment, message, "restart", at).await? {
