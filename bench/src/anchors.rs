@@ -1,0 +1,134 @@
+//! The anchors every ratio is taken against, written the way a first axum service is written:
+//! no tuning, no caching. Each prints one JSON line `{"message": "anchor listening", "listen"}`
+//! once bound, in the shape of the gateway's ready line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{Row, SqlitePool};
+use tokio::net::TcpListener;
+
+/// Rows in the anchor's table; each request reads [`ROWS_PER_READ`] of them.
+const TABLE_ROWS: i64 = 10_000;
+const ROWS_PER_READ: i64 = 100;
+
+async fn serve(listen: SocketAddr, app: Router) -> Result<(), String> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("bind {listen}: {e}"))?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    println!(
+        "{}",
+        serde_json::json!({"message": "anchor listening", "listen": bound.to_string()})
+    );
+    axum::serve(listener, app)
+        .await
+        .map_err(|e| format!("serve: {e}"))
+}
+
+pub async fn hello(listen: SocketAddr) -> Result<(), String> {
+    serve(
+        listen,
+        Router::new().route("/", get(|| async { "Hello, World!" })),
+    )
+    .await
+}
+
+/// A row shaped like an inventory row: a few text columns and a few integers.
+#[derive(Debug, Serialize)]
+struct Item {
+    id: String,
+    team: String,
+    name: String,
+    status: String,
+    price_micros: i64,
+    total_spent_micros: i64,
+    configuration: String,
+    vcpus: i64,
+    created_at: String,
+}
+
+pub async fn sqlx_read(listen: SocketAddr, db: PathBuf) -> Result<(), String> {
+    let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", db.display()))
+        .map_err(|e| e.to_string())?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal);
+    let pool = SqlitePoolOptions::new()
+        .connect_with(options)
+        .await
+        .map_err(|e| format!("open {}: {e}", db.display()))?;
+    fill(&pool).await.map_err(|e| format!("fill: {e}"))?;
+    let app = Router::new()
+        .route("/items", get(read_items))
+        .with_state(pool);
+    serve(listen, app).await
+}
+
+async fn fill(pool: &SqlitePool) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS items (id TEXT PRIMARY KEY NOT NULL, team TEXT NOT NULL, \
+         name TEXT NOT NULL, status TEXT NOT NULL, price_micros INTEGER NOT NULL, \
+         total_spent_micros INTEGER NOT NULL, configuration TEXT NOT NULL, \
+         vcpus INTEGER NOT NULL, created_at TEXT NOT NULL)",
+    )
+    .execute(pool)
+    .await?;
+    let mut tx = pool.begin().await?;
+    for n in 0..TABLE_ROWS {
+        sqlx::query("INSERT OR REPLACE INTO items VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)")
+            .bind(format!("0x{n:040x}"))
+            .bind("bench")
+            .bind(format!("vm-{n}"))
+            .bind("Active")
+            .bind(310_000 + n)
+            .bind(620_000 + n)
+            .bind("cpu-2-ram-4gb-storage-25gb")
+            .bind(2)
+            .bind("2026-12-01T00:00:00.000000Z")
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
+
+async fn read_items(
+    State(pool): State<SqlitePool>,
+) -> Result<Json<Vec<Item>>, (StatusCode, String)> {
+    let rows = sqlx::query(
+        "SELECT id, team, name, status, price_micros, total_spent_micros, configuration, vcpus, \
+         created_at FROM items ORDER BY id LIMIT ?1",
+    )
+    .bind(ROWS_PER_READ)
+    .fetch_all(&pool)
+    .await
+    .map_err(internal)?;
+    let items = rows
+        .iter()
+        .map(|row| {
+            Ok(Item {
+                id: row.try_get("id")?,
+                team: row.try_get("team")?,
+                name: row.try_get("name")?,
+                status: row.try_get("status")?,
+                price_micros: row.try_get("price_micros")?,
+                total_spent_micros: row.try_get("total_spent_micros")?,
+                configuration: row.try_get("configuration")?,
+                vcpus: row.try_get("vcpus")?,
+                created_at: row.try_get("created_at")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .map_err(internal)?;
+    Ok(Json(items))
+}
+
+fn internal(error: sqlx::Error) -> (StatusCode, String) {
+    (StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+}

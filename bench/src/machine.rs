@@ -1,0 +1,35 @@
+//! What the figures were measured on, as the commands an operator would type report it.
+
+use std::process::Command;
+
+pub struct Machine {
+    pub nproc: String,
+    pub cpu_model: String,
+    pub free_h: String,
+    pub kernel: String,
+}
+
+fn output(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|e| format!("({program} failed: {e})"))
+}
+
+pub fn describe() -> Machine {
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown".to_owned());
+    Machine {
+        nproc: output("nproc", &[]),
+        cpu_model,
+        free_h: output("free", &["-h"]),
+        kernel: output("uname", &["-sr"]),
+    }
+}
