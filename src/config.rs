@@ -48,6 +48,7 @@ pub struct ServerSettings {
     pub request_timeout_secs: u64,
     pub body_limit_bytes: usize,
     pub shutdown_grace_secs: u64,
+    pub header_read_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,6 +56,8 @@ pub struct ServerSettings {
 pub struct RateLimitSettings {
     pub per_key_per_second: u32,
     pub per_key_burst: u32,
+    pub per_team_per_second: u32,
+    pub per_team_burst: u32,
     pub failed_auth_per_minute: u32,
     pub failed_auth_burst: u32,
     pub prune_interval_secs: u64,
@@ -301,6 +304,18 @@ impl Settings {
             ),
             ("database.busy_timeout_ms", self.database.busy_timeout_ms),
             (
+                "server.header_read_timeout_secs",
+                self.server.header_read_timeout_secs,
+            ),
+            (
+                "rate_limit.per_team_per_second",
+                u64::from(self.rate_limit.per_team_per_second),
+            ),
+            (
+                "rate_limit.per_team_burst",
+                u64::from(self.rate_limit.per_team_burst),
+            ),
+            (
                 "rate_limit.per_key_per_second",
                 u64::from(self.rate_limit.per_key_per_second),
             ),
@@ -456,6 +471,10 @@ impl Settings {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.server.shutdown_grace_secs)
+    }
+
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.server.header_read_timeout_secs)
     }
 }
 

@@ -131,12 +131,9 @@ pub async fn run(
         trigger.cancel();
     });
     let grace = settings.shutdown_grace();
-    // The peer address feeds the failed-authentication limiter.
-    let service = app.into_make_service_with_connect_info::<SocketAddr>();
-    let server =
-        axum::serve(listener, service).with_graceful_shutdown(stop.clone().cancelled_owned());
+    let server = http::serve::serve(app, listener, settings.header_read_timeout(), stop.clone());
     tokio::select! {
-        result = server => result.map_err(StartupError::Serve)?,
+        () = server => {},
         () = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
             tracing::warn!(grace_secs = grace.as_secs(), "requests still open after the shutdown grace period; closing them");
         }

@@ -47,6 +47,12 @@ impl FromRequestParts<AppState> for Principal {
                     .limits
                     .check_key(&principal.actor)
                     .map_err(ApiError::RateLimited)?;
+                if let Some(team) = &principal.team {
+                    state
+                        .limits
+                        .check_team(team.as_str())
+                        .map_err(ApiError::RateLimited)?;
+                }
                 Ok(principal)
             }
             None => {

@@ -1,5 +1,5 @@
-//! Rate limits: a token bucket per key, and a stricter one per client address for failed
-//! authentication. Both are `governor` keyed limiters whose state is pruned periodically, so
+//! Rate limits: a token bucket per key, one per team shared by all of its keys, and a stricter
+//! one per client address for failed authentication. All are `governor` keyed limiters whose state is pruned periodically, so
 //! a flood of distinct keys or addresses cannot grow memory without bound.
 
 use std::collections::HashMap;
@@ -16,6 +16,9 @@ use crate::config::RateLimitSettings;
 
 pub struct RateLimits {
     per_key: DefaultKeyedRateLimiter<String>,
+    /// Keyed by team id: a team's keys draw from one bucket, so a flood from one team is held
+    /// to the team's rate however many keys it mints, and other teams keep theirs.
+    per_team: DefaultKeyedRateLimiter<String>,
     failed_auth: DefaultKeyedRateLimiter<IpAddr>,
     /// Addresses over their failed-authentication allowance, and until when. While listed, an
     /// address gets 429 before any credential it sends is even looked at, so a correct guess
@@ -57,10 +60,13 @@ impl RateLimits {
     pub fn new(settings: &RateLimitSettings) -> Arc<RateLimits> {
         let per_key = Quota::per_second(nonzero(settings.per_key_per_second))
             .allow_burst(nonzero(settings.per_key_burst));
+        let per_team = Quota::per_second(nonzero(settings.per_team_per_second))
+            .allow_burst(nonzero(settings.per_team_burst));
         let failed_auth = Quota::per_minute(nonzero(settings.failed_auth_per_minute))
             .allow_burst(nonzero(settings.failed_auth_burst));
         Arc::new(RateLimits {
             per_key: RateLimiter::keyed(per_key),
+            per_team: RateLimiter::keyed(per_team),
             failed_auth: RateLimiter::keyed(failed_auth),
             blocked: Mutex::new(HashMap::new()),
             clock: DefaultClock::default(),
@@ -71,6 +77,13 @@ impl RateLimits {
     pub fn check_key(&self, key: &str) -> Result<(), RetryAfter> {
         self.per_key
             .check_key(&key.to_owned())
+            .map_err(|not_until| RetryAfter(not_until.wait_time_from(self.clock.now())))
+    }
+
+    /// Takes one request from the team's shared bucket.
+    pub fn check_team(&self, team: &str) -> Result<(), RetryAfter> {
+        self.per_team
+            .check_key(&team.to_owned())
             .map_err(|not_until| RetryAfter(not_until.wait_time_from(self.clock.now())))
     }
 
@@ -115,6 +128,8 @@ impl RateLimits {
             .retain(|_, until| *until > now);
         self.per_key.retain_recent();
         self.per_key.shrink_to_fit();
+        self.per_team.retain_recent();
+        self.per_team.shrink_to_fit();
         self.failed_auth.retain_recent();
         self.failed_auth.shrink_to_fit();
     }
@@ -122,7 +137,7 @@ impl RateLimits {
     /// Entries held, for tests and metrics.
     pub fn tracked(&self) -> usize {
         let blocked = self.blocked.lock().map_or(0, |b| b.len());
-        self.per_key.len() + self.failed_auth.len() + blocked
+        self.per_key.len() + self.per_team.len() + self.failed_auth.len() + blocked
     }
 }
 
@@ -146,6 +161,8 @@ mod tests {
         RateLimits::new(&RateLimitSettings {
             per_key_per_second: per_second,
             per_key_burst: burst,
+            per_team_per_second: per_second,
+            per_team_burst: burst * 2,
             failed_auth_per_minute: 1,
             failed_auth_burst: 2,
             prune_interval_secs: 60,
@@ -163,6 +180,24 @@ mod tests {
             limits.check_key("b").is_ok(),
             "keys have buckets of their own"
         );
+    }
+
+    #[test]
+    fn a_teams_keys_share_its_bucket_and_other_teams_keep_theirs() {
+        // Each key alone is within its own burst of 2; the team's burst is 4.
+        let limits = limits(1, 2);
+        for key in ["a1", "a2"] {
+            assert!(limits.check_key(key).is_ok());
+            assert!(limits.check_team("a").is_ok());
+            assert!(limits.check_key(key).is_ok());
+            assert!(limits.check_team("a").is_ok());
+        }
+        assert!(limits.check_key("a3").is_ok(), "a fresh key of team a");
+        assert!(
+            limits.check_team("a").is_err(),
+            "a new key buys the team no more"
+        );
+        assert!(limits.check_team("b").is_ok(), "team b has its own bucket");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod page;
 pub mod prices;
 pub mod problem;
+pub mod serve;
 pub mod spend;
 pub mod teams;
 pub mod vms;

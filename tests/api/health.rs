@@ -1,5 +1,7 @@
 //! Liveness, readiness, request ids and problem+json for what has no route.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 use crate::helpers::{SIM_KEY, TestApp, settings, spawn_simulator};
@@ -233,4 +235,36 @@ async fn readiness_probes_a_failing_upstream_once_however_often_it_is_asked() {
             .count()
     });
     assert_eq!(probes, 1, "ten /readyz, one upstream call");
+}
+
+/// E4: a client trickling its headers is cut off after the header-read timeout, while a normal
+/// request on another connection is served meanwhile.
+#[tokio::test]
+async fn a_connection_that_never_finishes_its_headers_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = TestApp::spawn_with_env(&[("GATEWAY__SERVER__HEADER_READ_TIMEOUT_SECS", "1")]).await;
+    let mut slow = tokio::net::TcpStream::connect(app.address)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let opened = std::time::Instant::now();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\nX-Slow: ")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let healthy = app.get("/healthz").await;
+    assert_eq!(healthy.status(), 200, "others are served meanwhile");
+
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
+    let held = opened.elapsed();
+    assert!(
+        closed.is_ok(),
+        "the slow connection is still open after 10 s"
+    );
+    assert!(
+        held >= Duration::from_millis(900) && held < Duration::from_secs(3),
+        "closed after {held:?}, expected about the 1 s header timeout"
+    );
+    let answer = String::from_utf8_lossy(&rest);
+    assert!(!answer.contains("200 OK"), "{answer}");
 }

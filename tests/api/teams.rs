@@ -484,6 +484,40 @@ async fn a_key_over_its_rate_gets_429_with_retry_after() {
 }
 
 #[tokio::test]
+async fn a_teams_keys_share_one_bucket_and_other_teams_keep_theirs_g1() {
+    let app = TestApp::spawn_with_env(&[
+        ("GATEWAY__RATE_LIMIT__PER_TEAM_PER_SECOND", "1"),
+        ("GATEWAY__RATE_LIMIT__PER_TEAM_BURST", "4"),
+    ])
+    .await;
+    app.create_team("loud", "100").await;
+    app.create_team("quiet", "100").await;
+    let keys = [
+        app.mint_key("loud", "viewer").await,
+        app.mint_key("loud", "viewer").await,
+    ];
+    let quiet = app.mint_key("quiet", "viewer").await;
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let reply = app
+            .call(Method::GET, "/v1/teams/loud", Some(&keys[i % 2]), None)
+            .await;
+        if reply.status == 429 {
+            assert_eq!(reply.json["code"], "rate_limited");
+            assert!(reply.header("retry-after").is_some(), "{:?}", reply.headers);
+        }
+        statuses.push(reply.status);
+    }
+    // Each key alone is far below the per-key limit: the team's bucket is what runs dry.
+    assert_eq!(&statuses[..4], &[200, 200, 200, 200], "{statuses:?}");
+    assert!(statuses[4..].contains(&429), "{statuses:?}");
+    let other = app
+        .call(Method::GET, "/v1/teams/quiet", Some(&quiet), None)
+        .await;
+    assert_eq!(other.status, 200, "another team is not held back");
+}
+
+#[tokio::test]
 async fn failed_authentication_is_limited_more_strictly_per_address() {
     let app = TestApp::spawn_with_env(&[
         ("GATEWAY__RATE_LIMIT__FAILED_AUTH_PER_MINUTE", "1"),
