@@ -22,6 +22,7 @@
 
 mod budget;
 mod check;
+mod hostile;
 mod report;
 mod secrets;
 mod world;
@@ -47,7 +48,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order they run. J1 is not here: it sweeps what all of them left.
-const GROUPS: &[&[Scenario]] = &[budget::SCENARIOS];
+const GROUPS: &[&[Scenario]] = &[budget::SCENARIOS, hostile::SCENARIOS];
 
 fn main() -> ExitCode {
     let profile = match Profile::from_env() {

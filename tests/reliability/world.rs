@@ -365,9 +365,11 @@ impl Gateway {
             .env("GATEWAY__JOBS__RECONCILE_GRACE_SECS", "0")
             .env("GATEWAY__UPSTREAM__REQUEST_TIMEOUT_MS", "1000")
             .env("GATEWAY__DATABASE__BUSY_TIMEOUT_MS", "5000")
-            // The suite drives many requests from one key; the per-key limit has its own rows.
+            // The suite drives many requests from one key and team; the limits have their own rows.
             .env("GATEWAY__RATE_LIMIT__PER_KEY_PER_SECOND", "100000")
             .env("GATEWAY__RATE_LIMIT__PER_KEY_BURST", "100000")
+            .env("GATEWAY__RATE_LIMIT__PER_TEAM_PER_SECOND", "100000")
+            .env("GATEWAY__RATE_LIMIT__PER_TEAM_BURST", "100000")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -468,6 +470,28 @@ impl Gateway {
         reply
     }
 
+    /// The client the gateway's own calls use, for requests a scenario builds itself.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Sends a request a scenario built itself (odd headers, raw bodies); the answer is
+    /// recorded for the J1 sweep like any other. `Err` when no answer came (a reset).
+    pub async fn send(
+        &self,
+        what: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Reply, reqwest::Error> {
+        let reply = Reply::read(request.send().await?).await;
+        self.suite.record(what, &reply);
+        Ok(reply)
+    }
+
+    /// A line of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`); 0 if unreadable.
+    pub fn memory_kib(&self, field: &str) -> u64 {
+        proc_status_kib(self.pid(), field)
+    }
+
     /// A call with the bootstrap admin token.
     pub async fn admin(&self, method: Method, path: &str, body: Option<&Value>) -> Reply {
         self.call(&self.admin_token, method, path, body, None).await
@@ -533,6 +557,16 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A line of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`); 0 if unreadable.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// One scenario's world: a simulator and a directory for its gateways' databases and logs.
