@@ -25,6 +25,7 @@ mod check;
 mod hostile;
 mod report;
 mod secrets;
+mod storage;
 mod world;
 
 use std::future::Future;
@@ -48,7 +49,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order they run. J1 is not here: it sweeps what all of them left.
-const GROUPS: &[&[Scenario]] = &[budget::SCENARIOS, hostile::SCENARIOS];
+const GROUPS: &[&[Scenario]] = &[budget::SCENARIOS, storage::SCENARIOS, hostile::SCENARIOS];
 
 fn main() -> ExitCode {
     let profile = match Profile::from_env() {
