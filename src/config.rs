@@ -104,6 +104,9 @@ pub struct UpstreamSettings {
     pub auth_scheme: AuthSchemeSetting,
     pub connect_timeout_ms: u64,
     pub request_timeout_ms: u64,
+    pub max_in_flight: u32,
+    pub breaker_failures: u32,
+    pub breaker_open_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -342,6 +345,18 @@ impl Settings {
             (
                 "upstream.connect_timeout_ms",
                 self.upstream.connect_timeout_ms,
+            ),
+            (
+                "upstream.max_in_flight",
+                u64::from(self.upstream.max_in_flight),
+            ),
+            (
+                "upstream.breaker_failures",
+                u64::from(self.upstream.breaker_failures),
+            ),
+            (
+                "upstream.breaker_open_secs",
+                self.upstream.breaker_open_secs,
             ),
             (
                 "upstream.request_timeout_ms",

@@ -82,10 +82,12 @@ pub enum UpstreamOutcome {
     Decode,
     /// The caller stopped waiting before the call ended (e.g. the readiness probe's timeout).
     Cancelled,
+    /// The gateway's bulkhead or circuit breaker kept the call back; nothing was sent.
+    HeldBack,
 }
 
 impl UpstreamOutcome {
-    pub const ALL: [UpstreamOutcome; 7] = [
+    pub const ALL: [UpstreamOutcome; 8] = [
         UpstreamOutcome::Ok,
         UpstreamOutcome::Status4xx,
         UpstreamOutcome::Status5xx,
@@ -93,6 +95,7 @@ impl UpstreamOutcome {
         UpstreamOutcome::Transport,
         UpstreamOutcome::Decode,
         UpstreamOutcome::Cancelled,
+        UpstreamOutcome::HeldBack,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -104,6 +107,7 @@ impl UpstreamOutcome {
             UpstreamOutcome::Transport => "transport",
             UpstreamOutcome::Decode => "decode",
             UpstreamOutcome::Cancelled => "cancelled",
+            UpstreamOutcome::HeldBack => "held_back",
         }
     }
 
@@ -118,6 +122,7 @@ impl UpstreamOutcome {
             },
             Err(FluenceError::Transport { .. }) => UpstreamOutcome::Transport,
             Err(FluenceError::Decode { .. }) => UpstreamOutcome::Decode,
+            Err(FluenceError::HeldBack { .. }) => UpstreamOutcome::HeldBack,
         }
     }
 
@@ -311,7 +316,7 @@ impl Metrics {
             "gateway_upstream_requests_total",
             "counter",
             "Calls to the Fluence API by endpoint and outcome (ok, status_4xx, status_5xx, \
-             status_other, transport, decode, cancelled).",
+             status_other, transport, decode, cancelled, held_back).",
         );
         for (endpoint, series) in Endpoint::ALL.iter().zip(&self.upstream) {
             let endpoint = endpoint.to_string();
@@ -337,6 +342,34 @@ impl Metrics {
             );
         }
     }
+}
+
+/// The upstream guard's state (`fluence::guard`): calls out against the bulkhead's size, and
+/// whether the breaker holds calls back.
+pub fn render_guard(guard: &crate::fluence::guard::UpstreamGuard) -> String {
+    let mut out = Exposition::default();
+    let gauges = [
+        (
+            "gateway_upstream_in_flight",
+            "Calls to the Fluence API out now.",
+            guard.in_flight(),
+        ),
+        (
+            "gateway_upstream_max_in_flight",
+            "The bulkhead's size: calls beyond it are refused at once (outcome held_back).",
+            guard.config().max_in_flight,
+        ),
+        (
+            "gateway_upstream_breaker_open",
+            "Whether repeated failures keep calls to Fluence held back until a probe succeeds (1) or not (0).",
+            usize::from(guard.is_open()),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        out.family(name, "gauge", help);
+        out.sample(name, &[], &value.to_string());
+    }
+    out.text
 }
 
 /// Times one upstream call; see [`Metrics::start_upstream`].

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::BootstrapToken;
 use crate::config::{AuthSchemeSetting, Settings, SimBilling, SimClock, UpstreamMode};
+use crate::fluence::guard::GuardConfig;
 use crate::fluence::{AuthScheme, ClientConfig, FluenceClient};
 use crate::http;
 use crate::http::limits::{RateLimits, prune_periodically};
@@ -67,6 +68,11 @@ pub async fn run(
         request_timeout: Duration::from_millis(settings.upstream.request_timeout_ms),
     })
     .map_err(|e| StartupError::Upstream(e.to_string()))?
+    .with_guard(GuardConfig {
+        max_in_flight: settings.upstream.max_in_flight as usize,
+        failures: settings.upstream.breaker_failures,
+        open_for: Duration::from_secs(settings.upstream.breaker_open_secs),
+    })
     .with_metrics(metrics.clone());
 
     let limits = RateLimits::new(&settings.rate_limit);

@@ -621,6 +621,20 @@ async fn forward(state: &AppState, deployment: &Deployment) -> Result<Status, St
             // A success without VMs, or an answer that may hide a success: Fluence's list
             // decides, never a second POST.
             Ok(_) => return mark_unknown(state, deployment).await,
+            Err(error) if error.is_held_back() => {
+                // The gateway's own guard kept it back (bulkhead full, breaker open): nothing
+                // left, so it waits in `admitted`, hold kept, for a later run. Not an attempt.
+                tracing::info!(deployment = %deployment.id, %error, "deploy held back; sent on a later run");
+                move_to(
+                    state,
+                    deployment,
+                    &[Status::Deploying],
+                    Status::Admitted,
+                    Changes::default(),
+                )
+                .await?;
+                return Ok(Status::Admitted);
+            }
             Err(error) if error.is_ambiguous() => {
                 tracing::warn!(deployment = %deployment.id, %error, "deploy outcome unknown; reconciling");
                 return mark_unknown(state, deployment).await;

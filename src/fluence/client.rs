@@ -18,6 +18,7 @@ use tracing::Instrument;
 
 use crate::domain::ids::VmId;
 use crate::fluence::error::{ClientConfigError, Endpoint, FluenceError};
+use crate::fluence::guard::{GuardConfig, UpstreamGuard};
 use crate::fluence::types::{
     AvailableHardware, CreateSshKeyRequest, CreateVmRequest, CreatedVm, DatacenterInfo,
     DefaultImage, DeleteSshKeyRequest, DeleteVmsRequest, DeleteVmsResponse, ErrorBody, Estimate,
@@ -72,6 +73,8 @@ pub struct FluenceClient {
     /// Where every call is counted and timed, by endpoint and outcome; `None` for clients
     /// made outside a gateway (tests, tools), which then count nothing.
     metrics: Option<Arc<Metrics>>,
+    /// The bulkhead and circuit breaker every call passes, shared by clones.
+    guard: Arc<UpstreamGuard>,
 }
 
 struct Inner {
@@ -144,7 +147,19 @@ impl FluenceClient {
                 last_success: AtomicI64::new(NEVER),
             }),
             metrics: None,
+            guard: Arc::new(UpstreamGuard::new(GuardConfig::default())),
         })
+    }
+
+    /// The same client behind a guard with these limits (a fresh one: call it before cloning).
+    pub fn with_guard(mut self, config: GuardConfig) -> Self {
+        self.guard = Arc::new(UpstreamGuard::new(config));
+        self
+    }
+
+    /// The bulkhead and breaker, for readiness and metrics.
+    pub fn guard(&self) -> &UpstreamGuard {
+        &self.guard
     }
 
     /// The same client, counting every call in `metrics` (`gateway_upstream_*`).
@@ -326,6 +341,17 @@ impl FluenceClient {
         // covers the whole exchange; a caller dropping this future (a timeout around it)
         // records the call as cancelled.
         let call = self.metrics.as_deref().map(|m| m.start_upstream(endpoint));
+        let pass = match self.guard.enter(endpoint) {
+            Ok(pass) => pass,
+            Err(held_back) => {
+                tracing::debug!(error = %held_back, "call to Fluence held back");
+                let result = Err(held_back);
+                if let Some(call) = call {
+                    call.finish(UpstreamOutcome::of(&result));
+                }
+                return result;
+            }
+        };
         let result = async move {
             let mut url = format!("{}{}", self.inner.base_url, endpoint.path());
             if let Some(query) = query {
@@ -373,6 +399,7 @@ impl FluenceClient {
         }
         .instrument(span)
         .await;
+        pass.finish(&result);
         if let Some(call) = call {
             call.finish(UpstreamOutcome::of(&result));
         }

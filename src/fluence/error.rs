@@ -128,6 +128,21 @@ pub enum FluenceError {
         status: u16,
         detail: String,
     },
+    /// The gateway's own guard kept the call back (see `fluence::guard`): nothing was sent.
+    #[error("{endpoint}: not sent: {reason}")]
+    HeldBack {
+        endpoint: Endpoint,
+        reason: HeldBack,
+    },
+}
+
+/// Why the guard kept a call back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeldBack {
+    #[error("{limit} calls to Fluence are already out")]
+    Saturated { limit: usize },
+    #[error("Fluence has been failing; calls are paused until a probe succeeds")]
+    CircuitOpen,
 }
 
 fn sent_phrase(may_have_been_sent: bool) -> &'static str {
@@ -147,14 +162,15 @@ impl FluenceError {
         match self {
             FluenceError::Transport { endpoint, .. }
             | FluenceError::Status { endpoint, .. }
-            | FluenceError::Decode { endpoint, .. } => *endpoint,
+            | FluenceError::Decode { endpoint, .. }
+            | FluenceError::HeldBack { endpoint, .. } => *endpoint,
         }
     }
 
     /// The HTTP status, when a response arrived.
     pub fn status(&self) -> Option<u16> {
         match self {
-            FluenceError::Transport { .. } => None,
+            FluenceError::Transport { .. } | FluenceError::HeldBack { .. } => None,
             FluenceError::Status { status, .. } | FluenceError::Decode { status, .. } => {
                 Some(*status)
             }
@@ -198,7 +214,13 @@ impl FluenceError {
             } => *may_have_been_sent,
             FluenceError::Status { status, .. } => !(400..=499).contains(status),
             FluenceError::Decode { .. } => true,
+            FluenceError::HeldBack { .. } => false,
         }
+    }
+
+    /// The gateway's guard kept the call back: try again later, nothing happened upstream.
+    pub fn is_held_back(&self) -> bool {
+        matches!(self, FluenceError::HeldBack { .. })
     }
 }
 

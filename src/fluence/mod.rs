@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod error;
+pub mod guard;
 pub mod timefmt;
 pub mod types;
 

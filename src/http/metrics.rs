@@ -47,9 +47,10 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
             None
         }
     };
-    let body = state
+    let mut body = state
         .metrics
         .render(&state.jobs.statuses(), database.as_ref());
+    body.push_str(&crate::metrics::render_guard(state.fluence.guard()));
     (
         [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
         body,

@@ -206,7 +206,14 @@ async fn the_bearer_scheme_sends_an_authorization_header_instead() {
 #[tokio::test]
 async fn every_endpoint_uses_its_own_method_and_path() {
     let stub = Stub::replying(500, r#"{"error":"boom"}"#).await;
-    let client = stub.client();
+    // Fifteen 500s in a row would open the circuit breaker (tested in `guard`); here every
+    // call must reach the wire.
+    let client = stub
+        .client()
+        .with_guard(fluence_gateway::fluence::guard::GuardConfig {
+            failures: 100,
+            ..Default::default()
+        });
     let ids = [VmId::new(VM_A)];
     let estimate = EstimateRequest {
         constraints: None,

@@ -3,10 +3,10 @@
 mod auth_matrix;
 mod bad_input;
 mod config;
-mod crash;
 mod deployments;
 mod fixtures;
 mod fluence_client;
+mod guard;
 mod health;
 mod helpers;
 mod idempotency;
