@@ -67,6 +67,7 @@ pub async fn sqlx_read(listen: SocketAddr, db: PathBuf) -> Result<(), String> {
     fill(&pool).await.map_err(|e| format!("fill: {e}"))?;
     let app = Router::new()
         .route("/items", get(read_items))
+        .route("/item", get(read_item))
         .with_state(pool);
     serve(listen, app).await
 }
@@ -127,6 +128,31 @@ async fn read_items(
         .collect::<Result<Vec<_>, sqlx::Error>>()
         .map_err(internal)?;
     Ok(Json(items))
+}
+
+/// One row by primary key: the least any endpoint that reads SQLite through sqlx once per
+/// request (an API key lookup) can cost.
+async fn read_item(State(pool): State<SqlitePool>) -> Result<Json<Item>, (StatusCode, String)> {
+    let row = sqlx::query(
+        "SELECT id, team, name, status, price_micros, total_spent_micros, configuration, vcpus, \
+         created_at FROM items WHERE id = ?1",
+    )
+    .bind(format!("0x{:040x}", TABLE_ROWS / 2))
+    .fetch_one(&pool)
+    .await
+    .map_err(internal)?;
+    let item = Item {
+        id: row.try_get("id").map_err(internal)?,
+        team: row.try_get("team").map_err(internal)?,
+        name: row.try_get("name").map_err(internal)?,
+        status: row.try_get("status").map_err(internal)?,
+        price_micros: row.try_get("price_micros").map_err(internal)?,
+        total_spent_micros: row.try_get("total_spent_micros").map_err(internal)?,
+        configuration: row.try_get("configuration").map_err(internal)?,
+        vcpus: row.try_get("vcpus").map_err(internal)?,
+        created_at: row.try_get("created_at").map_err(internal)?,
+    };
+    Ok(Json(item))
 }
 
 fn internal(error: sqlx::Error) -> (StatusCode, String) {

@@ -132,27 +132,28 @@ async fn connection(
                         .into_body()
                         .collect()
                         .await
-                        .map(|_| status)
+                        .map(|body| (status, body.to_bytes()))
                         .map_err(|e| e.to_string())
                 }
                 Err(e) => Err(e.to_string()),
             };
             let elapsed = sent.elapsed();
             match answer {
-                Ok(status) if status.is_success() => {
+                Ok((status, _)) if status.is_success() => {
                     if in_window {
                         let micros = u32::try_from(elapsed.as_micros()).unwrap_or(u32::MAX);
                         tally.latencies_us.push(micros);
                     }
                 }
-                Ok(status) => {
+                Ok((status, body)) => {
                     tally.failed += usize::from(in_window);
                     tally.first_bad_status.get_or_insert(status.as_u16());
                     if status == StatusCode::TOO_MANY_REQUESTS {
                         // A limited key would measure the limiter, not the endpoint.
                         return Err(format!(
-                            "{} answered 429: raise the rate limit",
-                            target.path
+                            "{} answered 429: raise the rate limit ({})",
+                            target.path,
+                            String::from_utf8_lossy(&body)
                         ));
                     }
                 }

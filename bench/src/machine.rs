@@ -27,7 +27,8 @@ pub fn describe() -> Machine {
         })
         .unwrap_or_else(|| "unknown".to_owned());
     Machine {
-        nproc: output("nproc", &[]),
+        // `--all`: the harness itself is pinned to one CPU, which plain `nproc` would report.
+        nproc: output("nproc", &["--all"]),
         cpu_model,
         free_h: output("free", &["-h"]),
         kernel: output("uname", &["-sr"]),

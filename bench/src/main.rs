@@ -34,7 +34,8 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
     },
-    /// Anchor: a naive axum handler reading 100 rows from SQLite with sqlx, as JSON.
+    /// Anchor: a naive axum handler reading 100 rows from SQLite with sqlx, as JSON (`/items`),
+    /// and one row by primary key (`/item`).
     SqlxRead {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,

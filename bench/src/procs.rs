@@ -1,15 +1,16 @@
 //! Child processes pinned to one CPU with `taskset`: the gateway, the simulator and the
-//! anchors. Their stdout (JSON log lines) is copied to a log file and scanned for the line
-//! that says they are listening. Killed when dropped.
+//! anchors. Their output (JSON log lines; the gateway logs every request) goes straight to a
+//! log file, so that no CPU of the load generator is spent reading it; the file is polled for
+//! the line that says they are listening. Killed when dropped.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
 
 /// How to start one child.
 pub struct Spec<'a> {
@@ -27,14 +28,18 @@ pub struct Spec<'a> {
 pub struct Process {
     pub name: String,
     child: Child,
-    lines: mpsc::UnboundedReceiver<String>,
-    pub spawned_at: Instant,
+    /// Wall-clock time just before the spawn, to compare with the child's own log timestamps.
+    pub spawned_at: DateTime<Utc>,
     pub log: PathBuf,
+    /// How far the log has been scanned.
+    scanned: usize,
 }
 
 impl Process {
     pub fn start(spec: &Spec<'_>) -> Result<Process, String> {
         let log = spec.log_dir.join(format!("{}.log", spec.name));
+        let out = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
         let mut command = Command::new("taskset");
         command
             .arg("-c")
@@ -44,86 +49,61 @@ impl Process {
             .env_remove("RUST_LOG")
             .env("GATEWAY__LOG__FORMAT", "json")
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
             .kill_on_drop(true);
         for (key, value) in spec.env {
             command.env(key, value);
         }
-        let spawned_at = Instant::now();
-        let mut child = command
+        let spawned_at = Utc::now();
+        let child = command
             .spawn()
             .map_err(|e| format!("start {} (taskset): {e}", spec.name))?;
-        let (tx, lines) = mpsc::unbounded_channel();
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let stderr = child.stderr.take().ok_or("no stderr")?;
-        let log_path = log.clone();
-        tokio::spawn(async move {
-            let Ok(mut file) = tokio::fs::File::create(&log_path).await else {
-                return;
-            };
-            let mut out = BufReader::new(stdout).lines();
-            let mut err = BufReader::new(stderr).lines();
-            let (mut out_open, mut err_open) = (true, true);
-            while out_open || err_open {
-                let line = tokio::select! {
-                    line = out.next_line(), if out_open => match line {
-                        Ok(Some(line)) => line,
-                        _ => { out_open = false; continue; }
-                    },
-                    line = err.next_line(), if err_open => match line {
-                        Ok(Some(line)) => line,
-                        _ => { err_open = false; continue; }
-                    },
-                };
-                let _ = file.write_all(line.as_bytes()).await;
-                let _ = file.write_all(b"\n").await;
-                let _ = tx.send(line);
-            }
-            let _ = file.flush().await;
-        });
         Ok(Process {
             name: spec.name.to_owned(),
             child,
-            lines,
             spawned_at,
             log,
+            scanned: 0,
         })
     }
 
-    /// The first JSON line whose `message` contains `needle`, and when it was read.
-    pub async fn wait_for(
-        &mut self,
-        needle: &str,
-        limit: Duration,
-    ) -> Result<(Value, Instant), String> {
+    /// The first JSON line (after those already scanned) whose `message` contains `needle`.
+    pub async fn wait_for(&mut self, needle: &str, limit: Duration) -> Result<Value, String> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let line = tokio::time::timeout_at(deadline, self.lines.recv())
-                .await
-                .map_err(|_| {
-                    format!(
-                        "{} did not log {needle:?} within {limit:?}; see {}",
-                        self.name,
-                        self.log.display()
-                    )
-                })?
-                .ok_or_else(|| {
-                    format!(
-                        "{} exited before logging {needle:?}; see {}",
-                        self.name,
-                        self.log.display()
-                    )
-                })?;
-            let seen = Instant::now();
-            if let Ok(json) = serde_json::from_str::<Value>(&line) {
-                let message = json["message"]
-                    .as_str()
-                    .or_else(|| json["fields"]["message"].as_str());
-                if message.is_some_and(|m| m.contains(needle)) {
-                    return Ok((json, seen));
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            // Only whole lines: the child may be half-way through writing the last one.
+            let complete = text.rfind('\n').map_or(0, |end| end + 1);
+            let fresh = text.get(self.scanned..complete).unwrap_or_default();
+            for line in fresh.lines() {
+                if let Ok(json) = serde_json::from_str::<Value>(line) {
+                    let message = json["message"]
+                        .as_str()
+                        .or_else(|| json["fields"]["message"].as_str());
+                    if message.is_some_and(|m| m.contains(needle)) {
+                        let at = fresh.find(line).unwrap_or(0) + line.len();
+                        self.scanned += at.min(fresh.len());
+                        return Ok(json);
+                    }
                 }
             }
+            self.scanned = complete.max(self.scanned);
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!(
+                    "{} exited ({status}) before logging {needle:?}; see {}",
+                    self.name,
+                    self.log.display()
+                ));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "{} did not log {needle:?} within {limit:?}; see {}",
+                    self.name,
+                    self.log.display()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 
@@ -133,7 +113,7 @@ impl Process {
         needle: &str,
         limit: Duration,
     ) -> Result<String, String> {
-        let (line, _) = self.wait_for(needle, limit).await?;
+        let line = self.wait_for(needle, limit).await?;
         listen_of(&line).ok_or_else(|| format!("{}: no address in {line}", self.name))
     }
 

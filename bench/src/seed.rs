@@ -174,6 +174,8 @@ pub async fn price_history(
         let at = newest - step * i32::try_from(run).map_err(|e| e.to_string())?;
         oldest = at;
         let at_text = at.to_rfc3339_opts(SecondsFormat::Micros, true);
+        // Prices move by the hour, as the simulator's do: runs within one hour repeat them.
+        let hour = u64::try_from(at.timestamp() / 3600).unwrap_or(0);
         let in_this_run = per_run.min(total - written);
         sqlx::query("INSERT INTO price_sample_runs (sampled_at, offers) VALUES (?1, ?2)")
             .bind(&at_text)
@@ -185,7 +187,7 @@ pub async fn price_history(
             pending.push((
                 at_text.clone(),
                 index,
-                drifted(offer.price_micros, run, index),
+                drifted(offer.price_micros, hour, index),
             ));
             if pending.len() == ROWS_PER_STATEMENT {
                 insert_samples(&mut conn, &offers, &mut pending).await?;
@@ -243,10 +245,10 @@ async fn insert_samples(
     Ok(())
 }
 
-/// The snapshot's price moved by a deterministic -10 %..+10 %, so that buckets hold distinct
-/// prices and medians are real work.
-fn drifted(price: i64, run: u64, index: usize) -> i64 {
-    let mut x = run.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+/// The snapshot's price moved by a deterministic -10 %..+10 % for each hour and offer, so that
+/// buckets hold distinct prices and medians are real work.
+fn drifted(price: i64, hour: u64, index: usize) -> i64 {
+    let mut x = hour.wrapping_mul(0x9E37_79B9_7F4A_7C15)
         ^ (index as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
     x ^= x >> 29;
     x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
