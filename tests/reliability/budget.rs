@@ -1,7 +1,13 @@
 //! C: the budget under concurrency. C1 releases N deploys of one team behind a barrier against
-//! a cap that fits exactly k of them, and counts what the deploy worker admitted.
+//! a cap that fits exactly k of them, and counts what the deploy worker admitted. C2 does the
+//! same across two gateway processes on one SQLite file, C3 with the first requests of brand-new
+//! teams, C5 drives every terminal path and looks for reservations left behind, and C7 floods
+//! one team against its VM quota while another keeps deploying within its budget.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use fluence_gateway::domain::money::Usdc;
 use reqwest::Method;
@@ -9,14 +15,36 @@ use serde_json::{Value, json};
 
 use crate::Scenario;
 use crate::check::{self, Tally};
-use crate::report::{Build, Row};
-use crate::world::{Gateway, GatewayOptions, Suite, World, deploy_body};
+use crate::report::{Build, Row, SplitMix, latency_summary, percentile};
+use crate::world::{Gateway, GatewayOptions, Stream, Suite, World, deploy_body};
 
-pub const SCENARIOS: &[Scenario] = &[Scenario {
-    id: "C1",
-    invariant: "I3",
-    run: |suite| Box::pin(c1(suite)),
-}];
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        id: "C1",
+        invariant: "I3",
+        run: |suite| Box::pin(c1(suite)),
+    },
+    Scenario {
+        id: "C2",
+        invariant: "I3",
+        run: |suite| Box::pin(c2(suite)),
+    },
+    Scenario {
+        id: "C3",
+        invariant: "I3",
+        run: |suite| Box::pin(c3(suite)),
+    },
+    Scenario {
+        id: "C5",
+        invariant: "I3",
+        run: |suite| Box::pin(c5(suite)),
+    },
+    Scenario {
+        id: "C7",
+        invariant: "I3",
+        run: |suite| Box::pin(c7(suite)),
+    },
+];
 
 /// The seeded bug of the C tests: admission reads the budget, sleeps 50 ms, then writes.
 pub const CHECK_THEN_ACT: &str = "admission.check_then_act=sleep(50)";
@@ -184,4 +212,644 @@ pub async fn c1(suite: Arc<Suite>) -> Vec<Row> {
         100.0 * caught as f64 / seeded.runs as f64
     );
     vec![row, seeded]
+}
+
+/// Runs every gateway's deployer until no deployment of `team` waits for a decision.
+pub async fn decided_by(gateways: &[&Gateway], team: &str) -> Vec<Value> {
+    let mut items = Vec::new();
+    for _ in 0..20 {
+        for gateway in gateways {
+            gateway.run_job("deployer").await;
+        }
+        items = gateways[0].deployments(team).await;
+        let undecided = |d: &Value| matches!(d["status"].as_str(), Some("queued" | "estimating"));
+        if !items.iter().any(undecided) {
+            break;
+        }
+    }
+    items
+}
+
+/// One race: `n` deploys of `member` behind a barrier, request i sent to gateway i mod the
+/// number of gateways; then every gateway's deployer decides. Counts the admitted.
+pub async fn race(gateways: &[&Gateway], team: &str, member: &str, n: usize) -> Round {
+    let barrier = Arc::new(tokio::sync::Barrier::new(n));
+    let http = reqwest::Client::new();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let barrier = barrier.clone();
+        let gateway = gateways[i % gateways.len()];
+        let request = http
+            .post(gateway.url("/v1/deployments"))
+            .bearer_auth(member)
+            .json(&deploy_body(&format!("r{i}"), 1));
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            request.send().await.map(|r| r.status().as_u16())
+        }));
+    }
+    for task in tasks {
+        let status = task.await.unwrap_or_else(|e| panic!("deploy task: {e}"));
+        assert_eq!(
+            status.ok(),
+            Some(202),
+            "every deploy is accepted for the pipeline"
+        );
+    }
+    let items = decided_by(gateways, team).await;
+    assert_eq!(items.len(), n, "one deployment per request");
+    Round {
+        admitted: items.iter().filter(|d| was_admitted(d)).count(),
+        wrong_rejections: items
+            .iter()
+            .filter(|d| d["status"] == "rejected" && d["reason"]["code"] != "budget_exceeded")
+            .count(),
+    }
+}
+
+/// A world whose market never runs out, for the C tests.
+async fn market_world(suite: &Arc<Suite>, label: &str) -> World {
+    let world = World::new(suite, label).await;
+    world
+        .sim
+        .control(
+            Method::POST,
+            "/_sim/market",
+            Some(json!({"capacity": 1_000_000})),
+        )
+        .await;
+    world
+}
+
+const CONCURRENCY: (&str, &str) = ("GATEWAY__JOBS__DEPLOYER_CONCURRENCY", "64");
+
+/// C2 on one build: two gateway processes on one SQLite file, each round's requests split
+/// between them. Returns (rounds, overspent, admitted != k, checker tally).
+async fn c2_rounds(
+    suite: &Arc<Suite>,
+    label: &str,
+    failpoints: Option<&str>,
+    rounds: usize,
+) -> (u64, u64, u64, Tally) {
+    let world = market_world(suite, label).await;
+    let options = || {
+        let options = match failpoints {
+            Some(spec) => GatewayOptions::failpoints(spec),
+            None => GatewayOptions::default(),
+        };
+        options.with_env(CONCURRENCY.0, CONCURRENCY.1)
+    };
+    let first = world.gateway(options()).await;
+    let second = world.gateway(options()).await;
+    let (n, k) = (8, 4);
+    let (mut overspent, mut wrong_k) = (0, 0);
+    for round in 0..rounds {
+        let team = format!("{label}-{round}");
+        first.create_team(&team, "100000", json!({})).await;
+        let member = first.mint_key(&team, "member").await;
+        let one = one_commitment(&second, &team).await;
+        let cap = one
+            .checked_mul(k as i64)
+            .unwrap_or_else(|| panic!("cap overflows"));
+        let patched = second
+            .admin(
+                Method::PATCH,
+                &format!("/v1/teams/{team}"),
+                Some(&json!({"budget": {"cap": cap.to_string()}})),
+            )
+            .await;
+        assert_eq!(patched.status, 200, "set the cap: {}", patched.text);
+        let found = race(&[&first, &second], &team, &member, n).await;
+        overspent += u64::from(found.admitted > k);
+        wrong_k += u64::from(found.admitted != k || found.wrong_rejections > 0);
+    }
+    let mut tally = Tally::default();
+    if failpoints.is_none() {
+        check::quiesce(&world, &first).await;
+        check::quiesce(&world, &second).await;
+        tally.add(&check::check(&world.db_path(), &world.sim.state().await).await);
+    }
+    (rounds as u64, overspent, wrong_k, tally)
+}
+
+/// C2: C1 with two gateway processes sharing one SQLite file, and its seeded race.
+pub async fn c2(suite: Arc<Suite>) -> Vec<Row> {
+    let rounds = suite.profile.pick(10, 200);
+    let mut row = Row::new(
+        "C2 two processes, one SQLite file (N = 8, k = 4)",
+        "I3",
+        suite.seed,
+    );
+    let (runs, overspent, wrong_k, tally) = c2_rounds(&suite, "c2", None, rounds).await;
+    row.runs = runs;
+    row.bad = overspent + wrong_k;
+    row.figures = format!(
+        "overspent rounds {overspent}/{runs}, admitted != k {wrong_k}/{runs}; checker: {}",
+        tally.figures()
+    );
+    row.require(tally.bad_runs == 0, tally.first_failure.unwrap_or_default());
+
+    let mut seeded = Row::new("C2 seeded race", "I3", suite.seed);
+    seeded.build = Build::Seeded(CHECK_THEN_ACT);
+    let (runs, caught, _, _) = c2_rounds(
+        &suite,
+        "c2-seeded",
+        Some(CHECK_THEN_ACT),
+        suite.profile.pick(3, 20),
+    )
+    .await;
+    seeded.runs = runs;
+    seeded.bad = runs - caught;
+    seeded.figures = format!(
+        "seeded-bug detection rate {caught}/{runs} ({:.0}%)",
+        100.0 * caught as f64 / runs as f64
+    );
+    vec![row, seeded]
+}
+
+/// C3 on one build: each round creates a brand-new team whose cap fits exactly k, and its
+/// first 8 deploys arrive together (no request of that team was ever decided before).
+async fn c3_rounds(
+    suite: &Arc<Suite>,
+    label: &str,
+    failpoints: Option<&str>,
+    rounds: usize,
+) -> (u64, u64, u64, Tally) {
+    let world = market_world(suite, label).await;
+    let options = match failpoints {
+        Some(spec) => GatewayOptions::failpoints(spec),
+        None => GatewayOptions::default(),
+    };
+    let gateway = world
+        .gateway(options.with_env(CONCURRENCY.0, CONCURRENCY.1))
+        .await;
+    // The commitment of one deploy, learnt on another team: the new teams never see a
+    // request before their race.
+    gateway
+        .create_team(&format!("{label}-probe"), "100000", json!({}))
+        .await;
+    let one = one_commitment(&gateway, &format!("{label}-probe")).await;
+    let (n, k) = (8, 3);
+    let cap = one
+        .checked_mul(k as i64)
+        .unwrap_or_else(|| panic!("cap overflows"));
+    let (mut overspent, mut wrong_k) = (0, 0);
+    for round in 0..rounds {
+        let team = format!("{label}-{round}");
+        gateway
+            .create_team(&team, &cap.to_string(), json!({}))
+            .await;
+        let member = gateway.mint_key(&team, "member").await;
+        let found = race(&[&gateway], &team, &member, n).await;
+        overspent += u64::from(found.admitted > k);
+        wrong_k += u64::from(found.admitted != k || found.wrong_rejections > 0);
+    }
+    let mut tally = Tally::default();
+    if failpoints.is_none() {
+        check::quiesce(&world, &gateway).await;
+        tally.add(&check::check(&world.db_path(), &world.sim.state().await).await);
+    }
+    (rounds as u64, overspent, wrong_k, tally)
+}
+
+/// C3: concurrent first requests of new teams, and the seeded race.
+pub async fn c3(suite: Arc<Suite>) -> Vec<Row> {
+    let rounds = suite.profile.pick(10, 100);
+    let mut row = Row::new(
+        "C3 8 concurrent first deploys of a new team (k = 3)",
+        "I3",
+        suite.seed,
+    );
+    let (runs, overspent, wrong_k, tally) = c3_rounds(&suite, "c3", None, rounds).await;
+    row.runs = runs;
+    row.bad = overspent + wrong_k;
+    row.figures = format!(
+        "overspent rounds {overspent}/{runs}, admitted != k {wrong_k}/{runs}; checker: {}",
+        tally.figures()
+    );
+    row.require(tally.bad_runs == 0, tally.first_failure.unwrap_or_default());
+
+    let mut seeded = Row::new("C3 seeded race", "I3", suite.seed);
+    seeded.build = Build::Seeded(CHECK_THEN_ACT);
+    let (runs, caught, _, _) = c3_rounds(
+        &suite,
+        "c3-seeded",
+        Some(CHECK_THEN_ACT),
+        suite.profile.pick(3, 20),
+    )
+    .await;
+    seeded.runs = runs;
+    seeded.bad = runs - caught;
+    seeded.figures = format!(
+        "seeded-bug detection rate {caught}/{runs} ({:.0}%)",
+        100.0 * caught as f64 / runs as f64
+    );
+    vec![row, seeded]
+}
+
+/// Runs the deployer and the inventory sync until no deployment is left undecided or
+/// unsettled, for at most `limit`; then [`check::quiesce`] finishes the job.
+async fn settle(world: &World, gateway: &Gateway, team_ids: &[String], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        gateway.run_job("deployer").await;
+        gateway.run_job("inventory").await;
+        let mut open = 0;
+        for team in team_ids {
+            open += gateway
+                .deployments(team)
+                .await
+                .iter()
+                .filter(|d| {
+                    matches!(
+                        d["status"].as_str(),
+                        Some("queued" | "estimating" | "admitted" | "deploying" | "unknown")
+                    )
+                })
+                .count();
+        }
+        if open == 0 || Instant::now() > deadline {
+            break;
+        }
+    }
+    check::quiesce(world, gateway).await;
+}
+
+/// Open holds per team in the database, in micro-USDC.
+async fn open_holds(db: &std::path::Path) -> BTreeMap<String, i64> {
+    let url = format!("sqlite://{}", db.display());
+    let pool = sqlx::SqlitePool::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("open {url}: {e}"));
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT team_id, SUM(amount_micros) FROM holds WHERE released_at IS NULL GROUP BY team_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap_or_else(|e| panic!("read holds: {e}"));
+    pool.close().await;
+    rows.into_iter().collect()
+}
+
+/// C5: a mixed run over every terminal path (deployed, refused by Fluence with a 4xx,
+/// ambiguous 5xx or reset then reconciled, rejected by the budget, cancelled, deleted, and
+/// kill -9 mid-pipeline), then reserved = 0 for every team.
+pub async fn c5(suite: Arc<Suite>) -> Vec<Row> {
+    let target = suite.profile.pick(200, 10_000);
+    let batch = suite.profile.pick(40, 200);
+    let crash_every = suite.profile.pick(2, 5);
+    let mut row = Row::new(
+        format!("C5 reservation leaks, {target} operations"),
+        "I3",
+        suite.seed,
+    );
+    let world = market_world(&suite, "c5").await;
+    // The injected 5xx and resets would open the circuit breaker for its default 30 s, which
+    // is not what C5 measures; a short busy timeout shortens the reconcile grace (an absent
+    // VM is declared failed only after upstream timeout + busy timeout).
+    let manual = || {
+        GatewayOptions::default()
+            .with_env("GATEWAY__UPSTREAM__BREAKER_OPEN_SECS", "1")
+            .with_env("GATEWAY__DATABASE__BUSY_TIMEOUT_MS", "2000")
+            .with_env("GATEWAY__JOBS__DEPLOYER_INTERVAL_SECS", "3600")
+            .with_env("GATEWAY__JOBS__INVENTORY_INTERVAL_SECS", "3600")
+            .with_env(CONCURRENCY.0, "16")
+    };
+    let mut gateway = world.gateway(manual()).await;
+    let teams: Vec<String> = (0..3).map(|t| format!("c5-{t}")).collect();
+    let mut members = Vec::new();
+    for team in &teams {
+        gateway.create_team(team, "1000000", json!({})).await;
+        members.push(gateway.mint_key(team, "member").await);
+    }
+    // The last team's cap fits three VMs: the budget refuses some of its deploys.
+    let one = one_commitment(&gateway, &teams[2]).await;
+    let tight = one
+        .checked_mul(3)
+        .unwrap_or_else(|| panic!("cap overflows"));
+    let patched = gateway
+        .admin(
+            Method::PATCH,
+            &format!("/v1/teams/{}", teams[2]),
+            Some(&json!({"budget": {"cap": tight.to_string()}})),
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.text);
+
+    let mut rng = SplitMix(suite.seed ^ 0xc5);
+    let (mut operations, mut deletes, mut crashes, mut batches) = (0usize, 0usize, 0u64, 0usize);
+    while operations < target {
+        batches += 1;
+        let crash_batch = batches % crash_every == 0;
+        if crash_batch {
+            // This batch's deploys meet a process that dies between reservation and send.
+            drop(gateway);
+            gateway = world
+                .gateway(
+                    manual()
+                        .with_env("GATEWAY__JOBS__DEPLOYER_INTERVAL_SECS", "1")
+                        .with_env(
+                            "GATEWAY_FAILPOINTS",
+                            if rng.chance(50) {
+                                "admission.after_commit=pause"
+                            } else {
+                                "deploy.before_send=pause"
+                            },
+                        ),
+                )
+                .await;
+        }
+        for (fault, status, count) in [
+            ("error_before_commit", 422, 3),
+            ("error_before_commit", 400, 1),
+            ("error_before_commit", 503, 2),
+            ("commit_then_error", 502, 3),
+            ("commit_then_reset", 0, 2),
+        ] {
+            // The same share of every path whatever the batch size.
+            let count = count * batch / 40;
+            let mut spec = json!({"endpoint": "POST /vms/v3", "fault": fault, "count": count});
+            if status > 0 {
+                spec["status"] = json!(status);
+            }
+            world.sim.fault(spec).await;
+        }
+        let mut ids = Vec::new();
+        for i in 0..batch.min(target - operations) {
+            let t = rng.below(teams.len() as u64) as usize;
+            let reply = gateway
+                .call(
+                    &members[t],
+                    Method::POST,
+                    "/v1/deployments",
+                    Some(&deploy_body(&format!("b{batches}-{i}"), 1)),
+                    Some(&format!("c5-{batches}-{i}")),
+                )
+                .await;
+            assert_eq!(reply.status, 202, "deploy: {}", reply.text);
+            operations += 1;
+            ids.push((t, reply.json["id"].as_str().unwrap_or_default().to_owned()));
+        }
+        // A tenth are cancelled before the worker sees them.
+        for (t, id) in ids.iter().filter(|_| rng.chance(10)) {
+            let reply = gateway
+                .call(
+                    &members[*t],
+                    Method::POST,
+                    &format!("/v1/deployments/{id}/cancel"),
+                    None,
+                    None,
+                )
+                .await;
+            assert!(matches!(reply.status, 200 | 409), "cancel: {}", reply.text);
+        }
+        if crash_batch {
+            gateway.wait_for(Stream::Stderr, "FAILPOINT").await;
+            gateway.kill();
+            crashes += 1;
+            drop(gateway);
+            gateway = world.gateway(manual()).await;
+        }
+        settle(&world, &gateway, &teams, Duration::from_secs(60)).await;
+        world
+            .sim
+            .control(Method::DELETE, "/_sim/faults", None)
+            .await;
+        // Half the live VMs are deleted through the gateway, which releases their commitment.
+        for (t, team) in teams.iter().enumerate() {
+            let vms = gateway
+                .admin(Method::GET, &format!("/v1/vms?team={team}&limit=500"), None)
+                .await;
+            for vm in vms.json["items"].as_array().into_iter().flatten() {
+                if vm["deleted_at"].is_null() && vm["status"] != "Deleted" && rng.chance(50) {
+                    let id = vm["id"].as_str().unwrap_or_default();
+                    let reply = gateway
+                        .call(
+                            &members[t],
+                            Method::DELETE,
+                            &format!("/v1/vms/{id}"),
+                            None,
+                            None,
+                        )
+                        .await;
+                    assert_eq!(reply.status, 204, "delete {id}: {}", reply.text);
+                    deletes += 1;
+                }
+            }
+        }
+    }
+    settle(&world, &gateway, &teams, Duration::from_secs(120)).await;
+    let holds = open_holds(&world.db_path()).await;
+    let residual: i64 = holds.values().sum();
+    let mut api_reserved = Vec::new();
+    for team in &teams {
+        let budget = gateway
+            .admin(Method::GET, &format!("/v1/teams/{team}/budget"), None)
+            .await;
+        let reserved = Usdc::parse(budget.json["reserved"].as_str().unwrap_or("x"))
+            .map(Usdc::micros)
+            .unwrap_or(i64::MAX);
+        api_reserved.push(reserved);
+    }
+    let mut outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    for team in &teams {
+        for d in gateway.deployments(team).await {
+            *outcomes
+                .entry(d["status"].as_str().unwrap_or("?").to_owned())
+                .or_default() += 1;
+        }
+    }
+    let mut tally = Tally::default();
+    tally.add(&check::check(&world.db_path(), &world.sim.state().await).await);
+    row.runs = (operations + deletes) as u64;
+    row.bad = u64::from(residual != 0) + api_reserved.iter().filter(|r| **r != 0).count() as u64;
+    row.figures = format!(
+        "{operations} deploys + {deletes} deletes in {batches} batches with {crashes} kill -9; outcomes {outcomes:?}; residual reservation after quiescence {residual} µUSDC (database), reserved by the API {api_reserved:?} µUSDC; checker: {}",
+        tally.figures()
+    );
+    row.require(tally.bad_runs == 0, tally.first_failure.unwrap_or_default());
+    row.require(
+        outcomes
+            .keys()
+            .all(|s| matches!(s.as_str(), "deployed" | "failed" | "cancelled" | "rejected")),
+        "a deployment did not reach a terminal state",
+    );
+    vec![row]
+}
+
+/// Latency of one call, in seconds, and its status.
+async fn timed(
+    gateway: &Gateway,
+    key: &str,
+    method: Method,
+    path: &str,
+    body: &Value,
+) -> (f64, u16) {
+    let started = Instant::now();
+    let reply = gateway.call(key, method, path, Some(body), None).await;
+    (started.elapsed().as_secs_f64(), reply.status)
+}
+
+/// C7: a busy team floods deploys against its VM quota while a quiet team keeps deciding
+/// within its budget. Both limits must hold, and the quiet team's admission latency is
+/// reported before and during the flood.
+pub async fn c7(suite: Arc<Suite>) -> Vec<Row> {
+    let flood_secs = suite.profile.pick(5, 30);
+    let flood_cap = suite.profile.pick(400, 3000);
+    let samples = suite.profile.pick(60, 300);
+    let mut row = Row::new("C7 quota and budget, two teams", "I3", suite.seed);
+    let world = market_world(&suite, "c7").await;
+    let gateway = Arc::new(
+        world
+            .gateway(GatewayOptions::default().with_env(CONCURRENCY.0, "16"))
+            .await,
+    );
+    let (max_vms, quiet_k) = (6usize, 5usize);
+    gateway
+        .create_team("busy", "1000000", json!({"quotas": {"max_vms": max_vms}}))
+        .await;
+    gateway.create_team("quiet", "1000000", json!({})).await;
+    let busy = gateway.mint_key("busy", "member").await;
+    let quiet = gateway.mint_key("quiet", "member").await;
+    let one = one_commitment(&gateway, "quiet").await;
+    let cap = one
+        .checked_mul(quiet_k as i64)
+        .unwrap_or_else(|| panic!("cap overflows"));
+    let patched = gateway
+        .admin(
+            Method::PATCH,
+            "/v1/teams/quiet",
+            Some(&json!({"budget": {"cap": cap.to_string()}})),
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.text);
+    let dry = deploy_body("quiet-dry", 1);
+
+    // Baseline: the quiet team's admission decision (a dry run) with nobody else busy.
+    let mut baseline = Vec::new();
+    for _ in 0..samples {
+        let (seconds, status) = timed(
+            &gateway,
+            &quiet,
+            Method::POST,
+            "/v1/deployments?dry_run=true",
+            &dry,
+        )
+        .await;
+        assert_eq!(status, 200);
+        baseline.push(seconds);
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut flooders = Vec::new();
+    for f in 0..16 {
+        let (gateway, busy, stop, sent) =
+            (gateway.clone(), busy.clone(), stop.clone(), sent.clone());
+        flooders.push(tokio::spawn(async move {
+            let mut i = 0;
+            let mut statuses = BTreeMap::new();
+            while !stop.load(Ordering::Relaxed) && sent.fetch_add(1, Ordering::Relaxed) < flood_cap
+            {
+                let reply = gateway
+                    .call(
+                        &busy,
+                        Method::POST,
+                        "/v1/deployments",
+                        Some(&deploy_body(&format!("f{f}-{i}"), 1)),
+                        None,
+                    )
+                    .await;
+                *statuses.entry(reply.status).or_insert(0u64) += 1;
+                i += 1;
+            }
+            statuses
+        }));
+    }
+    let flood_started = Instant::now();
+    let (mut during, mut quiet_posts) = (Vec::new(), Vec::new());
+    let mut q = 0;
+    while flood_started.elapsed() < Duration::from_secs(flood_secs) && during.len() < samples * 4 {
+        let (seconds, status) = timed(
+            &gateway,
+            &quiet,
+            Method::POST,
+            "/v1/deployments?dry_run=true",
+            &dry,
+        )
+        .await;
+        assert_eq!(status, 200);
+        during.push(seconds);
+        if q < 2 * quiet_k {
+            let (seconds, status) = timed(
+                &gateway,
+                &quiet,
+                Method::POST,
+                "/v1/deployments",
+                &deploy_body(&format!("q{q}"), 1),
+            )
+            .await;
+            assert_eq!(status, 202);
+            quiet_posts.push(seconds);
+            q += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut flood_statuses: BTreeMap<u16, u64> = BTreeMap::new();
+    for task in flooders {
+        for (status, n) in task.await.unwrap_or_default() {
+            *flood_statuses.entry(status).or_default() += n;
+        }
+    }
+    let flood_wall = flood_started.elapsed().as_secs_f64();
+    let teams = vec!["busy".to_owned(), "quiet".to_owned()];
+    settle(
+        &world,
+        &gateway,
+        &teams,
+        Duration::from_secs(suite.profile.pick(120, 600)),
+    )
+    .await;
+
+    let busy_items = gateway.deployments("busy").await;
+    let quiet_items = gateway.deployments("quiet").await;
+    let busy_admitted = busy_items.iter().filter(|d| was_admitted(d)).count();
+    let quiet_admitted = quiet_items.iter().filter(|d| was_admitted(d)).count();
+    let busy_quota_refusals = busy_items
+        .iter()
+        .filter(|d| d["status"] == "rejected" && d["reason"]["code"] == "quota_exceeded")
+        .count();
+    let quiet_budget_refusals = quiet_items
+        .iter()
+        .filter(|d| d["status"] == "rejected" && d["reason"]["code"] == "budget_exceeded")
+        .count();
+    let mut tally = Tally::default();
+    tally.add(&check::check(&world.db_path(), &world.sim.state().await).await);
+    let violations = u64::from(busy_admitted > max_vms) + u64::from(quiet_admitted > quiet_k);
+    baseline.sort_by(f64::total_cmp);
+    during.sort_by(f64::total_cmp);
+    let base_p99 = percentile(&baseline, 99.0) * 1000.0;
+    let flood_p99 = percentile(&during, 99.0) * 1000.0;
+    row.runs = (busy_items.len() + quiet_items.len()) as u64;
+    row.bad = violations;
+    row.figures = format!(
+        "busy team: {} deploys in {flood_wall:.1} s ({flood_statuses:?}), admitted {busy_admitted} of max_vms {max_vms}, quota refusals {busy_quota_refusals}; quiet team: admitted {quiet_admitted} of a cap fitting {quiet_k}, budget refusals {quiet_budget_refusals}; violations {violations}; quiet admission (dry-run decision) p99 {base_p99:.1} ms alone vs {flood_p99:.1} ms during the flood (p50 {:.1} vs {:.1} ms, n = {} / {}); quiet deploy POST {}; checker: {}",
+        busy_items.len(),
+        percentile(&baseline, 50.0) * 1000.0,
+        percentile(&during, 50.0) * 1000.0,
+        baseline.len(),
+        during.len(),
+        latency_summary(&mut quiet_posts),
+        tally.figures()
+    );
+    row.require(tally.bad_runs == 0, tally.first_failure.unwrap_or_default());
+    row.require(
+        busy_admitted == max_vms,
+        format!("the busy team got {busy_admitted} VMs, its quota is {max_vms}"),
+    );
+    row.require(
+        quiet_admitted == quiet_k,
+        format!("the quiet team got {quiet_admitted}, its cap fits {quiet_k}"),
+    );
+    vec![row]
 }
