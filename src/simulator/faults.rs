@@ -28,7 +28,8 @@ pub enum FaultKind {
     /// error. A k above the number asked for creates them all: min(k, instances).
     CommitPartial,
     /// Create normally, but keep the new VMs out of lists for `seconds` (required) virtual
-    /// seconds.
+    /// seconds. (`seconds` on `commit_then_error`, `commit_then_reset`, `commit_then_hang` or
+    /// `malformed_body` hides what they created in the same way.)
     VisibilityDelay,
 }
 

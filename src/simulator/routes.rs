@@ -111,6 +111,19 @@ async fn fluence_layer(State(sim): State<Simulator>, request: Request, next: Nex
                     hidden_for: Some(fault.seconds),
                 });
             }
+            // A lost answer and a slow list together (RELIABILITY.md A7): `seconds` on a fault
+            // that commits keeps what it created out of lists for that long as well.
+            FaultKind::CommitThenError
+            | FaultKind::CommitThenReset
+            | FaultKind::CommitThenHang
+            | FaultKind::MalformedBody
+                if fault.seconds > 0 =>
+            {
+                request.extensions_mut().insert(CreateOptions {
+                    only: None,
+                    hidden_for: Some(fault.seconds),
+                });
+            }
             _ => {}
         }
     }
