@@ -372,6 +372,21 @@ pub fn render_guard(guard: &crate::fluence::guard::UpstreamGuard) -> String {
     out.text
 }
 
+/// The keyed rate limiters' state: entries held across the per-key, per-team and
+/// failed-authentication limiters. Pruning keeps it bounded however many distinct keys or
+/// addresses have been seen (RELIABILITY G2); this gauge shows that it does.
+pub fn render_limits(limits: &crate::http::limits::RateLimits) -> String {
+    let mut out = Exposition::default();
+    let name = "gateway_rate_limiter_entries";
+    out.family(
+        name,
+        "gauge",
+        "Entries held by the keyed rate limiters (per key, per team, failed authentication per address).",
+    );
+    out.sample(name, &[], &limits.tracked().to_string());
+    out.text
+}
+
 /// Times one upstream call; see [`Metrics::start_upstream`].
 pub struct UpstreamCall<'a> {
     metrics: &'a Metrics,

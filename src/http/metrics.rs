@@ -51,6 +51,7 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
         .metrics
         .render(&state.jobs.statuses(), database.as_ref());
     body.push_str(&crate::metrics::render_guard(state.fluence.guard()));
+    body.push_str(&crate::metrics::render_limits(&state.limits));
     (
         [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
         body,
