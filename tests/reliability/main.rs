@@ -22,6 +22,7 @@
 
 mod budget;
 mod check;
+mod floods;
 mod hostile;
 mod report;
 mod secrets;
@@ -49,7 +50,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order they run. J1 is not here: it sweeps what all of them left.
-const GROUPS: &[&[Scenario]] = &[budget::SCENARIOS, storage::SCENARIOS, hostile::SCENARIOS];
+const GROUPS: &[&[Scenario]] = &[budget::SCENARIOS, storage::SCENARIOS, hostile::SCENARIOS, floods::SCENARIOS];
 
 fn main() -> ExitCode {
     let profile = match Profile::from_env() {
