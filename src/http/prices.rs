@@ -246,9 +246,9 @@ async fn price_history(
         return Err(ApiError::internal("no bucket plan for a valid request"));
     };
 
-    let rows = {
+    let runs = {
         let mut tx = state.store.pool().begin().await?;
-        let rows = prices::prices_between(
+        let runs = prices::prices_between(
             &mut tx,
             from,
             to,
@@ -257,9 +257,9 @@ async fn price_history(
         )
         .await?;
         tx.commit().await?;
-        rows
+        runs
     };
-    let buckets = buckets(start, size_secs, count, &rows)?;
+    let buckets = buckets(start, size_secs, count, &runs)?;
     Ok(Json(PricesAnswer {
         configuration,
         country,
@@ -270,21 +270,21 @@ async fn price_history(
     }))
 }
 
-/// Groups `rows` (all at or after `start`) into `count` buckets of `size_secs` from `start`
-/// (a Unix time) and summarises each.
+/// Groups `runs` (sampler runs and their prices, all at or after `start`) into `count` buckets
+/// of `size_secs` from `start` (a Unix time) and summarises each.
 fn buckets(
     start: i64,
     size_secs: i64,
     count: i64,
-    rows: &[(DateTime<Utc>, Usdc)],
+    runs: &[(DateTime<Utc>, Vec<Usdc>)],
 ) -> Result<Vec<PriceBucket>, ApiError> {
     let slots = usize::try_from(count).map_err(ApiError::internal)?;
     let mut prices: Vec<Vec<Usdc>> = vec![Vec::new(); slots];
-    for (at, price) in rows {
+    for (at, run) in runs {
         let index = (at.timestamp() - start).div_euclid(size_secs);
-        // Rows come from `[from, to)`, which the buckets cover; anything else is skipped.
+        // Runs come from `[from, to)`, which the buckets cover; anything else is skipped.
         if let Some(slot) = usize::try_from(index).ok().and_then(|i| prices.get_mut(i)) {
-            slot.push(*price);
+            slot.extend_from_slice(run);
         }
     }
     let instant = |secs: i64| {
