@@ -348,7 +348,15 @@ pub async fn g6(suite: Arc<Suite>) -> Vec<Row> {
     if let Some(failure) = tally.first_failure {
         row.require(false, failure);
     }
-    vec![row]
+    // C4's estimator half: no deploy may be forwarded while no estimate can be had.
+    let mut c4 = Row::new("C4 estimator down (from G6)", "I5", suite.seed);
+    c4.runs = deploys;
+    c4.bad = sent_while_down;
+    c4.figures = format!(
+        "upstream POSTs while the estimator was failing {sent_while_down}; {deploys} deploys waited and went through after"
+    );
+    c4.require(deployed == deploys, "not every waiting deploy went through");
+    vec![row, c4]
 }
 
 async fn calls(world: &World) -> u64 {
