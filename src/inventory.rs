@@ -147,12 +147,14 @@ pub async fn sync(state: &AppState) -> Result<String, String> {
         if listed.contains(&vm.id) || vm.unsettled {
             continue;
         }
-        // A VM its user stopped (how a deletion shows first) is gone once unlisted; any other
-        // is given a while, since one missing sighting may be the list lagging.
+        // A VM its user stopped (how a deletion shows first), or whose deletion the gateway
+        // asked for (a process may have died before recording it), is gone once unlisted; any
+        // other is given a while, since one missing sighting may be the list lagging.
         let gone = vm.status == "Stopped"
             || vm
                 .missing_since
-                .is_some_and(|since| at - since >= MISSING_FOR);
+                .is_some_and(|since| at - since >= MISSING_FOR)
+            || vms::deletion_requested(&mut tx, &vm.id).await.map_err(db)?;
         if !gone {
             vms::mark_missing(&mut tx, &vm.id, at).await.map_err(db)?;
             continue;

@@ -35,7 +35,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct VmEventView {
     pub at: DateTime<Utc>,
     /// `status_changed`, `terminated_by_provider`, `discovered_unowned`, `disappeared`,
-    /// `deleted`.
+    /// `delete_requested` (a deletion is being asked of Fluence), `deleted`.
     pub kind: String,
     pub from_status: Option<String>,
     pub to_status: Option<String>,
@@ -484,6 +484,25 @@ async fn delete_vm(
                     .into(),
             )
         })?;
+    // The intent, durable before the call. A process killed after Fluence deleted the VM but
+    // before the deletion is recorded below would otherwise leave it shown as live (and
+    // counted against the team's budget) until the inventory sync has missed it for
+    // MISSING_FOR; with this event the sync records it deleted as soon as it is unlisted.
+    {
+        let mut tx = state.store.begin_write().await?;
+        vms::event(
+            &mut tx,
+            &vm.id,
+            vm.team_id.as_deref(),
+            vms::DELETE_REQUESTED,
+            Some(&vm.status),
+            None,
+            None,
+            now(),
+        )
+        .await?;
+        tx.commit().await?;
+    }
     let fluence_id = VmId::new(vm.fluence_id.clone());
     if let Err(error) = state
         .fluence

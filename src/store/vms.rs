@@ -318,6 +318,21 @@ pub async fn seen_live(
 }
 
 /// Notes that a VM is missing from a listing at `at` (first time only).
+/// The event that records a deletion asked of Fluence, before the call.
+pub const DELETE_REQUESTED: &str = "delete_requested";
+
+/// Whether a deletion of the VM was ever asked of Fluence by its team or an admin.
+pub async fn deletion_requested(
+    conn: &mut SqliteConnection,
+    id: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM vm_events WHERE vm_id = ?1 AND kind = ?2)")
+        .bind(id)
+        .bind(DELETE_REQUESTED)
+        .fetch_one(conn)
+        .await
+}
+
 pub async fn mark_missing(
     conn: &mut SqliteConnection,
     id: &str,
