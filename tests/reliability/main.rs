@@ -27,6 +27,7 @@ mod hostile;
 mod report;
 mod secrets;
 mod storage;
+mod upstream;
 mod world;
 
 use std::future::Future;
@@ -50,7 +51,13 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order they run. J1 is not here: it sweeps what all of them left.
-const GROUPS: &[&[Scenario]] = &[budget::SCENARIOS, storage::SCENARIOS, hostile::SCENARIOS, floods::SCENARIOS];
+const GROUPS: &[&[Scenario]] = &[
+    budget::SCENARIOS,
+    storage::SCENARIOS,
+    hostile::SCENARIOS,
+    floods::SCENARIOS,
+    upstream::SCENARIOS,
+];
 
 fn main() -> ExitCode {
     let profile = match Profile::from_env() {
