@@ -22,6 +22,7 @@
 
 mod budget;
 mod check;
+mod crash;
 mod floods;
 mod hostile;
 mod report;
@@ -57,6 +58,7 @@ const GROUPS: &[&[Scenario]] = &[
     hostile::SCENARIOS,
     floods::SCENARIOS,
     upstream::SCENARIOS,
+    crash::SCENARIOS,
 ];
 
 fn main() -> ExitCode {
