@@ -70,7 +70,12 @@ pub struct LiveVmCharge {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
-/// Sum of the team's charges with `from <= at < to`.
+/// Sum of the team's charges with `from <= at < to`, except charges of VMs whose deployment
+/// still holds its commitment: that hold already covers the charge at deploy (and every later
+/// one), like [`live_vms`] leaves such VMs out of `committed`. Counting both made a team whose
+/// first VMs were listed and charged a moment before their hold settled look short by those
+/// charges, refusing a deploy its cap fits (RELIABILITY C2, two processes: one's inventory sync
+/// between the other's admissions).
 pub async fn spent_between(
     conn: &mut SqliteConnection,
     team_id: &str,
@@ -78,7 +83,10 @@ pub async fn spent_between(
     to: DateTime<Utc>,
 ) -> Result<Usdc, sqlx::Error> {
     let micros: i64 = sqlx::query_scalar(
-        "SELECT COALESCE(SUM(amount_micros), 0) FROM ledger WHERE team_id = ?1 AND at >= ?2 AND at < ?3",
+        "SELECT COALESCE(SUM(l.amount_micros), 0) FROM ledger l \
+         WHERE l.team_id = ?1 AND l.at >= ?2 AND l.at < ?3 AND NOT EXISTS \
+         (SELECT 1 FROM vms v JOIN holds h ON h.id = v.deployment_id \
+          WHERE v.id = l.vm_id AND h.released_at IS NULL)",
     )
     .bind(team_id)
     .bind(to_db(from))
