@@ -218,8 +218,16 @@ pub async fn c1(suite: Arc<Suite>) -> Vec<Row> {
 pub async fn decided_by(gateways: &[&Gateway], team: &str) -> Vec<Value> {
     let mut items = Vec::new();
     for _ in 0..20 {
-        for gateway in gateways {
-            gateway.run_job("deployer").await;
+        // Two processes decide at the same time: that is the race C2 is about.
+        match gateways {
+            [a, b] => {
+                tokio::join!(a.run_job("deployer"), b.run_job("deployer"));
+            }
+            _ => {
+                for gateway in gateways {
+                    gateway.run_job("deployer").await;
+                }
+            }
         }
         items = gateways[0].deployments(team).await;
         let undecided = |d: &Value| matches!(d["status"].as_str(), Some("queued" | "estimating"));
@@ -297,7 +305,11 @@ async fn c2_rounds(
             Some(spec) => GatewayOptions::failpoints(spec),
             None => GatewayOptions::default(),
         };
-        options.with_env(CONCURRENCY.0, CONCURRENCY.1)
+        // Only the explicit runs decide, both processes at once; a background tick that
+        // caught the first requests as they arrived would decide them one by one.
+        options
+            .with_env(CONCURRENCY.0, CONCURRENCY.1)
+            .with_env("GATEWAY__JOBS__DEPLOYER_INTERVAL_SECS", "3600")
     };
     let first = world.gateway(options()).await;
     let second = world.gateway(options()).await;
