@@ -24,6 +24,7 @@ mod budget;
 mod check;
 mod crash;
 mod floods;
+mod guard;
 mod hostile;
 mod report;
 mod secrets;
@@ -56,9 +57,10 @@ const GROUPS: &[&[Scenario]] = &[
     budget::SCENARIOS,
     storage::SCENARIOS,
     hostile::SCENARIOS,
-    floods::SCENARIOS,
     upstream::SCENARIOS,
     crash::SCENARIOS,
+    guard::SCENARIOS,
+    floods::SCENARIOS,
 ];
 
 fn main() -> ExitCode {
