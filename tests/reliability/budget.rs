@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::Scenario;
 use crate::check::{self, Tally};
 use crate::report::{Build, Row, SplitMix, latency_summary, percentile};
-use crate::world::{Gateway, GatewayOptions, Stream, Suite, World, deploy_body};
+use crate::world::{Gateway, GatewayOptions, Suite, World, deploy_body};
 
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -487,6 +487,23 @@ async fn settle(world: &World, gateway: &Gateway, team_ids: &[String], limit: Du
     check::quiesce(world, gateway).await;
 }
 
+/// Deployments the pipeline has started but not finished (estimating, admitted, deploying,
+/// unknown).
+async fn in_flight(db: &std::path::Path) -> i64 {
+    let url = format!("sqlite://{}", db.display());
+    let pool = sqlx::SqlitePool::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("open {url}: {e}"));
+    let count = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM deployments WHERE status IN ('estimating', 'admitted', 'deploying', 'unknown')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap_or_else(|e| panic!("count deployments in flight: {e}"));
+    pool.close().await;
+    count
+}
+
 /// Open holds per team in the database, in micro-USDC.
 async fn open_holds(db: &std::path::Path) -> BTreeMap<String, i64> {
     let url = format!("sqlite://{}", db.display());
@@ -550,27 +567,10 @@ pub async fn c5(suite: Arc<Suite>) -> Vec<Row> {
 
     let mut rng = SplitMix(suite.seed ^ 0xc5);
     let (mut operations, mut deletes, mut crashes, mut batches) = (0usize, 0usize, 0u64, 0usize);
+    let mut caught_in_flight = 0i64;
     while operations < target {
         batches += 1;
         let crash_batch = batches % crash_every == 0;
-        if crash_batch {
-            // This batch's deploys meet a process that dies between reservation and send.
-            drop(gateway);
-            gateway = world
-                .gateway(
-                    manual()
-                        .with_env("GATEWAY__JOBS__DEPLOYER_INTERVAL_SECS", "1")
-                        .with_env(
-                            "GATEWAY_FAILPOINTS",
-                            if rng.chance(50) {
-                                "admission.after_commit=pause"
-                            } else {
-                                "deploy.before_send=pause"
-                            },
-                        ),
-                )
-                .await;
-        }
         for (fault, status, count) in [
             ("error_before_commit", 422, 3),
             ("error_before_commit", 400, 1),
@@ -616,9 +616,22 @@ pub async fn c5(suite: Arc<Suite>) -> Vec<Row> {
             assert!(matches!(reply.status, 200 | 409), "cancel: {}", reply.text);
         }
         if crash_batch {
-            gateway.wait_for(Stream::Stderr, "FAILPOINT").await;
+            // kill -9 while the worker is busy with this batch: a moment into its run, so
+            // that deployments are caught being estimated, admitted or sent. (By time rather
+            // than by failpoint, so that any build of the gateway can run it.)
+            let run = gateway
+                .http()
+                .post(gateway.url("/v1/jobs/deployer/run"))
+                .bearer_auth(&gateway.admin_token)
+                .send();
+            let worker = tokio::spawn(async move {
+                let _ = run.await;
+            });
+            tokio::time::sleep(Duration::from_millis(20 + rng.below(300))).await;
             gateway.kill();
+            worker.abort();
             crashes += 1;
+            caught_in_flight += in_flight(&world.db_path()).await;
             drop(gateway);
             gateway = world.gateway(manual()).await;
         }
@@ -676,7 +689,7 @@ pub async fn c5(suite: Arc<Suite>) -> Vec<Row> {
     row.runs = (operations + deletes) as u64;
     row.bad = u64::from(residual != 0) + api_reserved.iter().filter(|r| **r != 0).count() as u64;
     row.figures = format!(
-        "{operations} deploys + {deletes} deletes in {batches} batches with {crashes} kill -9; outcomes {outcomes:?}; residual reservation after quiescence {residual} µUSDC (database), reserved by the API {api_reserved:?} µUSDC; checker: {}",
+        "{operations} deploys + {deletes} deletes in {batches} batches with {crashes} kill -9 ({caught_in_flight} deployments caught mid-pipeline); outcomes {outcomes:?}; residual reservation after quiescence {residual} µUSDC (database), reserved by the API {api_reserved:?} µUSDC; checker: {}",
         tally.figures()
     );
     row.require(tally.bad_runs == 0, tally.first_failure.unwrap_or_default());
