@@ -34,3 +34,17 @@ pub fn describe() -> Machine {
         kernel: output("uname", &["-sr"]),
     }
 }
+
+/// `/proc/loadavg`'s three averages: other work on the machine moves every figure, and this
+/// says how much there was.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|| "unknown".to_owned())
+}

@@ -259,6 +259,7 @@ pub async fn run(options: Options) -> Result<(), String> {
         anchor_binary: std::env::current_exe().map_err(|e| e.to_string())?,
     };
     let machine = machine::describe();
+    let load_before = machine::load_average();
     let mut rows = Vec::new();
     let mut notes = Vec::new();
 
@@ -396,6 +397,10 @@ pub async fn run(options: Options) -> Result<(), String> {
     rows.extend(deploys.0);
     notes.extend(deploys.1);
 
+    notes.push(format!(
+        "Load average (1, 5, 15 min) at the start of the run: {load_before}; at the end: {}. The machine is shared: other work running meanwhile moves absolute figures, hence the ratios to anchors measured in the same rounds.",
+        machine::load_average()
+    ));
     let table = report::render(&rows);
     let document = document(&options, &machine, began, clock.elapsed(), &table, &notes);
     println!("{document}");
