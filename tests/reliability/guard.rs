@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::Scenario;
 use crate::check::{self, Tally};
@@ -341,7 +341,7 @@ pub async fn g6(suite: Arc<Suite>) -> Vec<Row> {
         "not every deploy went through after recovery",
     );
     row.require(
-        reserved == Value::from("0"),
+        reserved == "0",
         "a hold was left after recovery",
     );
     row.require(recovered.is_some(), "never recovered");
