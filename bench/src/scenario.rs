@@ -51,6 +51,10 @@ pub struct Options {
     pub deployments: usize,
     #[arg(long, default_value_t = 3)]
     pub cold_starts: usize,
+    /// The gateways' log filter; e.g. `info,sqlx::query=debug` logs every statement with its
+    /// time (in the work directory's logs), to see where a slow figure goes. It costs time.
+    #[arg(long, default_value = "info")]
+    pub gateway_log_filter: String,
 }
 
 const SIM_KEY: &str = "bench-sim-key";
@@ -152,7 +156,10 @@ impl Context<'_> {
             ("GATEWAY__JOBS__INVENTORY_INTERVAL_SECS", "86400".to_owned()),
             ("GATEWAY__JOBS__PRICES_INTERVAL_SECS", "86400".to_owned()),
             ("GATEWAY__JOBS__CATALOG_INTERVAL_SECS", "86400".to_owned()),
-            ("GATEWAY__LOG__FILTER", "info".to_owned()),
+            (
+                "GATEWAY__LOG__FILTER",
+                self.options.gateway_log_filter.clone(),
+            ),
         ];
         let mut process = Process::start(&Spec {
             name,
