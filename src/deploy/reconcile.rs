@@ -253,13 +253,33 @@ pub async fn settle_deployed(
     let recorded = deployments::vm_ids(&mut tx, &deployment.id).await?;
     let since = deployment.forwarded_at.unwrap_or(deployment.updated_at);
     // A VM the answer named but Fluence never lists (removed before it was ever seen) would
-    // keep the hold forever; after a generous wait it is recorded as gone.
-    if at >= since + NEVER_LISTED_AFTER {
-        for id in recorded.iter().filter(|id| !seen.contains(id)) {
-            if vms::mark_deleted(&mut tx, id, at).await? {
-                audit_step(&mut tx, deployment, "vm.never_listed",
-                    json!({"vm": id, "message": "named in the deploy answer but never listed by Fluence; recorded as gone"}), at).await?;
-            }
+    // keep the hold forever; after a generous wait it is recorded as gone. One whose deletion
+    // was asked of Fluence is gone as soon as it is unlisted: the process that deleted it may
+    // have died before recording it (RELIABILITY.md B2), and the hold must not wait an hour.
+    let never_listed = at >= since + NEVER_LISTED_AFTER;
+    for id in recorded.iter().filter(|id| !seen.contains(id)) {
+        let (action, message) = if never_listed {
+            (
+                "vm.never_listed",
+                "named in the deploy answer but never listed by Fluence; recorded as gone",
+            )
+        } else if vms::deletion_requested(&mut tx, id).await? {
+            (
+                "vm.deleted_unrecorded",
+                "its deletion was asked of Fluence and Fluence no longer lists it; recorded as deleted",
+            )
+        } else {
+            continue;
+        };
+        if vms::mark_deleted(&mut tx, id, at).await? {
+            audit_step(
+                &mut tx,
+                deployment,
+                action,
+                json!({"vm": id, "message": message}),
+                at,
+            )
+            .await?;
         }
     }
     let deleted = deployments::deleted_vm_ids(&mut tx, &deployment.id).await?;
