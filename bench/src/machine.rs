@@ -13,7 +13,8 @@ fn output(program: &str, args: &[&str]) -> String {
     Command::new(program)
         .args(args)
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        // Only the end: `free -h` aligns its header row with leading spaces.
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim_end().to_owned())
         .unwrap_or_else(|e| format!("({program} failed: {e})"))
 }
 
