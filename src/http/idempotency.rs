@@ -60,8 +60,13 @@ pub async fn layer(State(state): State<AppState>, request: Request, next: Next) 
     if !changes_state || dry_run {
         return next.run(request).await;
     }
-    match run(state, key, request, next).await {
-        Ok(response) | Err(response) => response,
+    // The claim, the handler and the stored answer run in a task of their own, so that a
+    // client that hangs up (or the request timeout) cannot drop this future between a claim
+    // that committed and the work it promises: that left the key `in_flight` for LOCK, every
+    // retry a 409, and nothing done (RELIABILITY.md A10 caught it).
+    match tokio::spawn(run(state, key, request, next)).await {
+        Ok(Ok(response) | Err(response)) => response,
+        Err(error) => ApiError::internal(error).into_response(),
     }
 }
 
