@@ -252,7 +252,8 @@ pub async fn g6(suite: Arc<Suite>) -> Vec<Row> {
         "I5",
         suite.seed,
     );
-    let world = World::new(&suite, "g6").await;
+    // Room for every deploy: the outage, not the market, is what this measures.
+    let world = crate::hostile::roomy_world(&suite, "g6").await;
     let gateway = world
         .gateway(
             GatewayOptions::default()
