@@ -17,7 +17,7 @@ use crate::Scenario;
 use crate::check::{self, Tally};
 use crate::hostile::roomy_world;
 use crate::report::{Row, latency_summary, percentile};
-use crate::world::{BINARY, Gateway, GatewayOptions, Suite, World, deploy_body};
+use crate::world::{Gateway, GatewayOptions, Suite, World, binary, deploy_body};
 
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -342,7 +342,7 @@ async fn start_outcome(
 ) -> Result<(), String> {
     let log = world.dir.join(format!("d5-{label}.log"));
     let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{e}"));
-    let mut command = Command::new(BINARY);
+    let mut command = Command::new(binary());
     command
         .arg("serve")
         .env_remove("GATEWAY_FAILPOINTS")

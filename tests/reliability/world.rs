@@ -18,7 +18,16 @@ use tokio::sync::mpsc;
 
 use crate::report::Profile;
 
-pub const BINARY: &str = env!("CARGO_BIN_EXE_fluence-gateway");
+/// The gateway binary cargo built for this test.
+const BUILT: &str = env!("CARGO_BIN_EXE_fluence-gateway");
+static BINARY_COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// The gateway binary of this run: a copy taken when the run starts, so that a rebuild of
+/// `target/` during a long run (`bench/run` builds the same path without failpoints) cannot
+/// swap it underneath the scenarios.
+pub fn binary() -> &'static Path {
+    BINARY_COPY.get().map_or(Path::new(BUILT), PathBuf::as_path)
+}
 /// The longest any one wait may take: a start, a crash point, a consistent state.
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -59,6 +68,9 @@ pub struct Suite {
 impl Suite {
     pub fn new(profile: Profile, seed: u64, run_dir: PathBuf) -> std::io::Result<Suite> {
         std::fs::create_dir_all(&run_dir)?;
+        let copy = run_dir.join("fluence-gateway");
+        std::fs::copy(BUILT, &copy)?;
+        let _ = BINARY_COPY.set(copy);
         let responses = File::create(run_dir.join("responses.log"))?;
         Ok(Suite {
             profile,
@@ -223,7 +235,7 @@ pub struct Simulator {
 impl Simulator {
     pub async fn start(suite: &Suite, dir: &Path) -> Simulator {
         let seed = suite.seed.to_string();
-        let mut child = Command::new(BINARY)
+        let mut child = Command::new(binary())
             .args(["simulator", "--listen", "127.0.0.1:0", "--manual-clock"])
             .args(["--api-key", &suite.fluence_key, "--seed", &seed])
             .env_remove("RUST_LOG")
@@ -345,7 +357,7 @@ impl Gateway {
             "{}.log",
             suite.next_id.fetch_add(1, Ordering::Relaxed)
         ));
-        let mut command = Command::new(BINARY);
+        let mut command = Command::new(binary());
         command
             .arg("serve")
             .env_remove("GATEWAY_FAILPOINTS")
@@ -381,7 +393,7 @@ impl Gateway {
         }
         let mut child = command
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {BINARY}: {e}"));
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", binary().display()));
         let output = Output::capture(&mut child, log_path);
         let mut gateway = Gateway {
             child,
