@@ -341,10 +341,7 @@ pub async fn g6(suite: Arc<Suite>) -> Vec<Row> {
         deployed == deploys,
         "not every deploy went through after recovery",
     );
-    row.require(
-        reserved == "0",
-        "a hold was left after recovery",
-    );
+    row.require(reserved == "0", "a hold was left after recovery");
     row.require(recovered.is_some(), "never recovered");
     if let Some(failure) = tally.first_failure {
         row.require(false, failure);
