@@ -265,14 +265,15 @@ fn ports_of(
     })
 }
 
-/// The ports a VM has, from its last listing (`[]` before the first: only 22/tcp is open then).
+/// The ports a VM has, from its last listing or the gateway's last change of them. Unknown
+/// (never listed, nothing recorded) counts as 22/tcp alone; an empty set is empty: SSH was
+/// closed on request, and an edit must not open it again unasked.
 fn current_ports(vm: &VmRecord) -> Vec<(u16, PortProtocol)> {
-    let listed: Vec<Port> = serde_json::from_value(vm.open_ports.clone()).unwrap_or_default();
-    let mut ports: Vec<(u16, PortProtocol)> = listed.iter().map(port_of).collect();
-    if ports.is_empty() {
-        ports.push(crate::domain::ports::SSH);
+    if vm.open_ports.is_null() {
+        return vec![crate::domain::ports::SSH];
     }
-    ports
+    let listed: Vec<Port> = serde_json::from_value(vm.open_ports.clone()).unwrap_or_default();
+    listed.iter().map(port_of).collect()
 }
 
 fn port_of(port: &Port) -> (u16, PortProtocol) {
@@ -428,7 +429,7 @@ async fn update_vm(
         None => vm.open_ports.clone(),
     };
     let mut tx = state.store.begin_write().await?;
-    vms::set_name_and_ports(&mut tx, &vm.id, &new_name, &new_ports).await?;
+    vms::set_name_and_ports(&mut tx, &vm.id, &new_name, &new_ports, at).await?;
     audit::record(
         &mut tx,
         NewAuditEntry {

@@ -368,6 +368,20 @@ async fn port_updates_never_close_ssh_by_accident_h1() {
         )
         .await;
     assert_eq!(audit.json["items"][0]["after"]["closed_ssh"], true);
+    // With every port closed, an edit starts from nothing: SSH stays closed when the edit
+    // consents, and comes back only when it does not.
+    let emptied = patch(json!({"open_ports": [], "allow_closing_ssh": true})).await;
+    assert_eq!(emptied.status, 200, "{}", emptied.text);
+    assert_eq!(upstream_ports().await, vec![]);
+    let edited = patch(json!({"add_ports": [{"port": 443}], "allow_closing_ssh": true})).await;
+    assert_eq!(edited.status, 200, "{}", edited.text);
+    assert_eq!(upstream_ports().await, vec![(443, "tcp".into())]);
+    let unconsented = patch(json!({"add_ports": [{"port": 80}]})).await;
+    assert_eq!(unconsented.status, 200, "{}", unconsented.text);
+    assert_eq!(
+        upstream_ports().await,
+        vec![(22, "tcp".into()), (80, "tcp".into()), (443, "tcp".into())]
+    );
 
     // Deleting: Fluence first, then the inventory; the commitment goes with it.
     let before = app
@@ -811,4 +825,54 @@ async fn a_port_edit_before_the_first_sync_keeps_the_deployed_ports() {
         .collect();
     ports.sort_unstable();
     assert_eq!(ports, [22, 80, 443], "80 came with the deployment");
+}
+
+/// RELIABILITY H1: a sync whose listing was fetched before a port update lands after it; the
+/// ports the update set stay, and the next listing (which shows them) agrees.
+#[tokio::test]
+async fn a_listing_older_than_a_port_update_does_not_restore_the_old_ports() {
+    let app = app(&[("GATEWAY_FAILPOINTS", "inventory.after_list=sleep(1000)")]).await;
+    app.create_team("ml", "1000").await;
+    let member = app.mint_key("ml", "member").await;
+    let vms = deployed_vms(&app, &member, "web", 1).await;
+    app.run_job("inventory").await;
+    let finished_listings = || async {
+        app.sim_state().await["calls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["method"] == "GET" && c["path"] == "/vms/v3" && !c["status"].is_null())
+            .count()
+    };
+    let before = finished_listings().await;
+    let update = async {
+        // The sync has its listing and waits at the failpoint before writing it.
+        while finished_listings().await == before {
+            tokio::task::yield_now().await;
+        }
+        app.call(
+            Method::PATCH,
+            &format!("/v1/vms/{}", vms[0]),
+            Some(&member),
+            Some(json!({"add_ports": [{"port": 443}]})),
+        )
+        .await
+    };
+    let (_, patched) = tokio::join!(app.run_job("inventory"), update);
+    assert_eq!(patched.status, 200, "{}", patched.text);
+    let ports = |vm: &crate::helpers::Reply| -> Vec<u64> {
+        let mut ports: Vec<u64> = vm.json["open_ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["port"].as_u64())
+            .collect();
+        ports.sort_unstable();
+        ports
+    };
+    let vm = get_vm(&app, &member, &vms[0]).await;
+    assert_eq!(ports(&vm), [22, 80, 443], "{}", vm.text);
+    app.run_job("inventory").await;
+    let vm = get_vm(&app, &member, &vms[0]).await;
+    assert_eq!(ports(&vm), [22, 80, 443], "{}", vm.text);
 }

@@ -1927,7 +1927,7 @@ pub async fn h1(suite: Arc<Suite>) -> Vec<Row> {
                 if &now != set || &last_patch != set || &shown != set {
                     mismatches += 1;
                     fault = Some(format!(
-                        "model {set:?}, sent {last_patch:?}, simulator {now:?}, gateway {shown:?}"
+                        "model {set:?}, sent {last_patch:?}, simulator {now:?}, gateway {shown:?} for {body} on {current:?}"
                     ));
                 }
                 current = now.clone();
