@@ -11,7 +11,8 @@
 //! `admission.check_then_act`, which with `sleep(ms)` turns the admission into the seeded race
 //! of the C1 mutation check; and `recovery.resend_deploying` (set with any action, e.g.
 //! `sleep(0)`), which makes start-up recovery re-send a deploy that was out instead of
-//! reconciling it: the seeded bug of the B1 mutation check.
+//! reconciling it: the seeded bug of the B1 mutation check. Outside the pipeline,
+//! `inventory.after_list` holds the inventory sync between Fluence's listing and its write.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -94,6 +94,8 @@ pub async fn sync(state: &AppState) -> Result<String, String> {
         }
     };
     let at = listed_at;
+    // Between the listing and its write: where an update of the ports can land (H1).
+    state.settings.failpoints.hit("inventory.after_list").await;
     let mut tally = Tally::default();
     let mut tx = state.store.begin_write().await.map_err(|e| e.to_string())?;
     let deployments = deployment_names(&mut tx, at).await.map_err(db)?;
@@ -445,12 +447,13 @@ async fn listed_ids(state: &AppState) -> Result<Vec<String>, String> {
 /// the last sync is in the ledger before they are deleted (nothing can be observed after).
 pub async fn observe_before_delete(state: &AppState, ids: &[String]) -> Result<(), String> {
     let db = |e: sqlx::Error| format!("database: {e}");
+    // Taken before the call, as in `sync`: the listing may predate anything recorded since.
+    let at = now();
     let listing = state
         .fluence
         .list_vms()
         .await
         .map_err(|e| format!("listing Fluence's VMs: {e}"))?;
-    let at = now();
     let mut tx = state.store.begin_write().await.map_err(|e| e.to_string())?;
     for vm in listing.iter().filter(|vm| ids.contains(&vm.id.canonical())) {
         vms::observe(&mut tx, &vm.id.canonical(), &sighting_of(vm), at)

@@ -129,12 +129,15 @@ pub async fn observe(
         )
         .await?;
     }
+    // The ports are kept when the gateway changed them after this listing was fetched: the
+    // listing would put back the ones from before the change (RELIABILITY H1).
     sqlx::query(
         "UPDATE vms SET status = CASE WHEN deleted_at IS NULL OR ?16 THEN ?2 ELSE status END, \
          deleted_at = CASE WHEN ?16 THEN NULL ELSE deleted_at END, missing_since = NULL, \
          price_per_epoch_micros = ?3, total_spent_micros = MAX(total_spent_micros, ?4), \
          reserved_balance_micros = ?5, next_billing_at = ?6, seen_at = ?7, public_ip = ?8, \
-         datacenter = ?9, open_ports = ?10, os_image = COALESCE(?11, os_image), \
+         datacenter = ?9, os_image = COALESCE(?11, os_image), \
+         open_ports = CASE WHEN ports_set_at >= ?7 THEN open_ports ELSE ?10 END, \
          terminated_at = COALESCE(terminated_at, ?12), vcpus = COALESCE(?13, vcpus), \
          ram_gib = COALESCE(?14, ram_gib), storage_gib = COALESCE(?15, storage_gib) WHERE id = ?1",
     )
@@ -531,17 +534,20 @@ pub async fn list(
         .collect()
 }
 
-/// Sets the name and ports the gateway just had Fluence apply.
+/// Sets the name and ports the gateway just had Fluence apply, at `at`, once Fluence answered:
+/// a listing fetched before then may still show the old ports and must not restore them.
 pub async fn set_name_and_ports(
     conn: &mut SqliteConnection,
     id: &str,
     name: &str,
     open_ports: &Value,
+    at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE vms SET name = ?2, open_ports = ?3 WHERE id = ?1")
+    sqlx::query("UPDATE vms SET name = ?2, open_ports = ?3, ports_set_at = ?4 WHERE id = ?1")
         .bind(id)
         .bind(name)
         .bind(open_ports.to_string())
+        .bind(to_db(at))
         .execute(conn)
         .await?;
     Ok(())
