@@ -27,6 +27,7 @@ const ENV_PREFIX: &str = "GATEWAY__";
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub server: ServerSettings,
+    pub auth: AuthSettings,
     pub rate_limit: RateLimitSettings,
     pub database: DatabaseSettings,
     pub upstream: UpstreamSettings,
@@ -49,6 +50,14 @@ pub struct ServerSettings {
     pub body_limit_bytes: usize,
     pub shutdown_grace_secs: u64,
     pub header_read_timeout_secs: u64,
+}
+
+/// The in-memory cache of checked keys (`auth::cache`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub key_cache_secs: u64,
+    pub key_cache_entries: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

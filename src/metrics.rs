@@ -387,6 +387,19 @@ pub fn render_limits(limits: &crate::http::limits::RateLimits) -> String {
     out.text
 }
 
+/// Keys held by the in-memory key cache (`auth::cache`), at most its configured size.
+pub fn render_key_cache(keys: &crate::auth::cache::KeyCache) -> String {
+    let mut out = Exposition::default();
+    let name = "gateway_key_cache_entries";
+    out.family(
+        name,
+        "gauge",
+        "Keys checked recently and held in memory, so that their next check reads no database.",
+    );
+    out.sample(name, &[], &keys.len().to_string());
+    out.text
+}
+
 /// Times one upstream call; see [`Metrics::start_upstream`].
 pub struct UpstreamCall<'a> {
     metrics: &'a Metrics,

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::BootstrapToken;
+use crate::auth::cache::KeyCache;
 use crate::config::{AuthSchemeSetting, Settings, SimBilling, SimClock, UpstreamMode};
 use crate::fluence::guard::GuardConfig;
 use crate::fluence::{AuthScheme, ClientConfig, FluenceClient};
@@ -84,6 +85,10 @@ pub async fn run(
         started_at: Utc::now(),
         limits: limits.clone(),
         bootstrap: BootstrapToken::new(settings.secrets.admin_token.as_ref()),
+        keys: Arc::new(KeyCache::new(
+            Duration::from_secs(settings.auth.key_cache_secs),
+            settings.auth.key_cache_entries,
+        )),
         upstream_probe: Arc::default(),
         jobs: Arc::new(crate::jobs::Jobs::new(&settings.jobs)),
         catalog: Arc::default(),

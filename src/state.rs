@@ -19,6 +19,8 @@ pub struct AppState {
     pub started_at: DateTime<Utc>,
     pub limits: Arc<RateLimits>,
     pub bootstrap: BootstrapToken,
+    /// Keys read from the database recently, so that most requests read none.
+    pub keys: Arc<crate::auth::cache::KeyCache>,
     /// The last readiness probe of the upstream: when, and its error if it failed. One probe
     /// at a time, shared by every `/readyz` caller meanwhile.
     pub upstream_probe: Arc<tokio::sync::Mutex<Option<ProbeOutcome>>>,

@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::auth::cache::Lookup;
 use crate::auth::{self, BOOTSTRAP_ACTOR, Principal, Role};
 use crate::domain::team::TeamId;
 use crate::error::ApiError;
@@ -102,15 +103,24 @@ async fn authenticate(parts: &Parts, state: &AppState) -> Result<Option<Principa
     let Some((prefix, secret)) = auth::split_token(token) else {
         return Ok(None);
     };
-    let mut conn = state.store.pool().acquire().await?;
-    let record = keys::by_prefix(&mut conn, prefix).await?;
+    let record = match state.keys.get(prefix) {
+        Lookup::Hit(record) => Some(record),
+        Lookup::Miss(generation) => {
+            let mut conn = state.store.pool().acquire().await?;
+            let record = keys::by_prefix(&mut conn, prefix).await?;
+            if let Some(record) = &record {
+                state.keys.keep(generation, record);
+            }
+            record
+        }
+    };
     if !auth::secret_matches(record.as_ref(), secret) {
         return Ok(None);
     }
     let Some(record) = record else {
         return Ok(None);
     };
-    // Revocation and expiry are read on every request, so they take effect at once.
+    // Expiry is judged on every request; a revocation empties the cache as it commits.
     if !auth::is_active(&record, chrono::Utc::now()) {
         return Ok(None);
     }

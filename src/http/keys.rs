@@ -226,6 +226,7 @@ async fn revoke_key(
     )
     .await?;
     tx.commit().await?;
+    state.keys.forget_all();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -256,6 +257,7 @@ async fn revoke_admin_key(
     let mut tx = state.store.begin_write().await?;
     revoke(&mut tx, &principal, request_id.as_deref(), None, &key_id).await?;
     tx.commit().await?;
+    state.keys.forget_all();
     Ok(StatusCode::NO_CONTENT)
 }
 

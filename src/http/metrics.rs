@@ -52,6 +52,7 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
         .render(&state.jobs.statuses(), database.as_ref());
     body.push_str(&crate::metrics::render_guard(state.fluence.guard()));
     body.push_str(&crate::metrics::render_limits(&state.limits));
+    body.push_str(&crate::metrics::render_key_cache(&state.keys));
     (
         [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
         body,

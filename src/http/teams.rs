@@ -671,5 +671,7 @@ async fn delete_team(
     )
     .await?;
     tx.commit().await?;
+    // Its keys were revoked with it.
+    state.keys.forget_all();
     Ok(StatusCode::NO_CONTENT)
 }

@@ -103,6 +103,63 @@ async fn the_key_secret_is_shown_once_and_lists_show_only_the_prefix() {
     assert!(key.len() >= 60, "a key carries at least 128 random bits");
 }
 
+/// The key cache: a key checked once is then checked from memory (the gauge counts it), a
+/// team's deletion forgets it at once, and with the cache off a revocation written to the
+/// database by another process is seen on the very next request.
+#[tokio::test]
+async fn checked_keys_are_cached_and_forgotten_when_their_team_is_deleted() {
+    async fn cached_keys(app: &TestApp) -> u64 {
+        let metrics = app.get("/metrics").await.text().await.unwrap_or_default();
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("gateway_key_cache_entries "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no key cache gauge in {metrics}"))
+    }
+    let app = TestApp::spawn().await;
+    app.create_team("ml", "10").await;
+    let key = app.mint_key("ml", "viewer").await;
+    assert_eq!(cached_keys(&app).await, 0);
+    for _ in 0..2 {
+        let read = app
+            .call(Method::GET, "/v1/teams/ml", Some(&key), None)
+            .await;
+        assert_eq!(read.status, 200, "{}", read.text);
+    }
+    assert_eq!(cached_keys(&app).await, 1);
+    let deleted = app
+        .call(Method::DELETE, "/v1/teams/ml", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
+    assert_eq!(cached_keys(&app).await, 0);
+    let after = app
+        .call(Method::GET, "/v1/teams/ml", Some(&key), None)
+        .await;
+    assert_eq!(after.status, 401, "{}", after.text);
+
+    let uncached = TestApp::spawn_with_env(&[("GATEWAY__AUTH__KEY_CACHE_SECS", "0")]).await;
+    uncached.create_team("ml", "10").await;
+    let key = uncached.mint_key("ml", "viewer").await;
+    let read = uncached
+        .call(Method::GET, "/v1/teams/ml", Some(&key), None)
+        .await;
+    assert_eq!(read.status, 200, "{}", read.text);
+    assert_eq!(cached_keys(&uncached).await, 0);
+    let store = uncached.store().await;
+    let mut tx = store.begin_write().await.unwrap_or_else(|e| panic!("{e}"));
+    sqlx::query(
+        "UPDATE api_keys SET revoked_at = '2026-01-01T00:00:00.000000Z' WHERE team_id = 'ml'",
+    )
+    .execute(&mut *tx)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    tx.commit().await.unwrap_or_else(|e| panic!("{e}"));
+    let after = uncached
+        .call(Method::GET, "/v1/teams/ml", Some(&key), None)
+        .await;
+    assert_eq!(after.status, 401, "{}", after.text);
+}
+
 #[tokio::test]
 async fn revocation_and_expiry_take_effect_on_the_next_request() {
     let app = TestApp::spawn().await;
