@@ -21,7 +21,7 @@ use crate::fluence::{AuthScheme, ClientConfig, FluenceClient};
 use crate::http;
 use crate::http::limits::{RateLimits, prune_periodically};
 use crate::simulator::{BillingMode, ClockMode, Simulator, SimulatorConfig};
-use crate::state::{AppState, UpstreamInfo};
+use crate::state::{AppState, Shared, UpstreamInfo};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +77,7 @@ pub async fn run(
     .with_metrics(metrics.clone());
 
     let limits = RateLimits::new(&settings.rate_limit);
-    let state = AppState {
+    let state = AppState::new(Shared {
         store: store.clone(),
         fluence,
         upstream: Arc::new(upstream),
@@ -92,8 +92,9 @@ pub async fn run(
         upstream_probe: Arc::default(),
         jobs: Arc::new(crate::jobs::Jobs::new(&settings.jobs)),
         catalog: Arc::default(),
+        catalog_answers: Arc::default(),
         metrics,
-    };
+    });
     // Deployments a previous process was sending have an unknown outcome now; the deployer's
     // first run (right away) reconciles them and resumes everything else.
     let recovered = crate::deploy::reconcile::recover(&state)
