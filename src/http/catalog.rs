@@ -8,7 +8,10 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::{HeaderName, HeaderValue};
+use std::sync::Mutex;
+
+use axum::body::Bytes;
+use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
@@ -234,14 +237,17 @@ where
     F: DeserializeOwned,
     V: Serialize + ToSchema,
 {
-    let cached = {
-        let mut conn = state.store.pool().acquire().await?;
-        crate::store::catalog::get(&mut conn, list.name()).await?
-    };
     let ttl = i64::try_from(state.settings.jobs.catalog_ttl_secs)
         .ok()
         .and_then(TimeDelta::try_seconds)
         .unwrap_or(TimeDelta::MAX);
+    if let Some(body) = state.catalog_answers.fresh(list, ttl) {
+        return Ok(json_response(body));
+    }
+    let cached = {
+        let mut conn = state.store.pool().acquire().await?;
+        crate::store::catalog::get(&mut conn, list.name()).await?
+    };
     let (entry, stale): (Cached, bool) = match cached {
         Some(copy) if now() - copy.fetched_at < ttl => (copy, false),
         cached => match catalog::refresh(state, list).await {
@@ -269,13 +275,55 @@ where
         fetched_at: entry.fetched_at,
         stale,
     };
-    let mut response = Json(answer).into_response();
-    if stale {
-        // RFC 7234's "Response is Stale" warning, for clients that look at headers only.
-        response.headers_mut().insert(
-            HeaderName::from_static("warning"),
-            HeaderValue::from_static("110 - \"stale\""),
-        );
+    if !stale {
+        let body = Bytes::from(serde_json::to_vec(&answer).map_err(ApiError::internal)?);
+        state
+            .catalog_answers
+            .keep(list, entry.fetched_at, body.clone());
+        return Ok(json_response(body));
     }
+    let mut response = Json(answer).into_response();
+    // RFC 7234's "Response is Stale" warning, for clients that look at headers only.
+    response.headers_mut().insert(
+        HeaderName::from_static("warning"),
+        HeaderValue::from_static("110 - \"stale\""),
+    );
     Ok(response)
+}
+
+fn json_response(body: Bytes) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// The answers last served from a fresh copy, encoded, so that the next request within the
+/// copy's lifetime reads no database and decodes nothing. A refresh of a list forgets its
+/// answer; a stale copy's answer is never kept.
+#[derive(Default)]
+pub struct Answers(Mutex<[Option<(DateTime<Utc>, Bytes)>; CatalogList::ALL.len()]>);
+
+impl Answers {
+    fn fresh(&self, list: CatalogList, ttl: TimeDelta) -> Option<Bytes> {
+        let answers = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match &answers[list as usize] {
+            Some((fetched_at, body)) if now() - *fetched_at < ttl => Some(body.clone()),
+            _ => None,
+        }
+    }
+
+    fn keep(&self, list: CatalogList, fetched_at: DateTime<Utc>, body: Bytes) {
+        let mut answers = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        answers[list as usize] = Some((fetched_at, body));
+    }
+
+    pub fn forget(&self, list: CatalogList) {
+        let mut answers = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        answers[list as usize] = None;
+    }
 }

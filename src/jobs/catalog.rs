@@ -87,6 +87,7 @@ pub async fn refresh(state: &AppState, list: CatalogList) -> Result<Cached, Refr
     let mut tx = state.store.begin_write().await?;
     catalog::put(&mut tx, list.name(), &body, fetched_at).await?;
     tx.commit().await?;
+    state.catalog_answers.forget(list);
     Ok(Cached { body, fetched_at })
 }
 

@@ -610,10 +610,21 @@ async fn catalog_lists_are_served_and_cached() {
     // this test.
     assert_eq!(calls_to(&app, "/marketplace/countries").await, 2);
 
-    // The catalog job refreshes every list.
+    // The catalog job refreshes every list, and the next answer is the new copy, not the
+    // one the gateway holds in memory.
     let run = app.run_job("catalog").await;
     assert_eq!(run["last_outcome"], "ok", "{run}");
     assert_eq!(calls_to(&app, "/marketplace/countries").await, 3);
+    let refreshed = app
+        .call(Method::GET, "/v1/catalog/countries", Some(&viewer), None)
+        .await;
+    assert_eq!(refreshed.header("content-type"), Some("application/json"));
+    assert_eq!(refreshed.json["items"], countries.json["items"]);
+    assert_ne!(
+        refreshed.json["fetched_at"], countries.json["fetched_at"],
+        "{}",
+        refreshed.text
+    );
 }
 
 #[tokio::test]
