@@ -306,7 +306,10 @@ fn json_response(body: Bytes) -> Response {
 /// copy's lifetime reads no database and decodes nothing. A refresh of a list forgets its
 /// answer; a stale copy's answer is never kept.
 #[derive(Default)]
-pub struct Answers(Mutex<[Option<(DateTime<Utc>, Bytes)>; CatalogList::ALL.len()]>);
+pub struct Answers(Mutex<[Option<Answer>; CatalogList::ALL.len()]>);
+
+/// An encoded answer and when the copy it was made from was fetched.
+type Answer = (DateTime<Utc>, Bytes);
 
 impl Answers {
     fn fresh(&self, list: CatalogList, ttl: TimeDelta) -> Option<Bytes> {
