@@ -126,7 +126,7 @@ pub async fn main(cli: Cli) -> Result<(), String> {
 
 async fn serve(config: Option<PathBuf>) -> Result<(), String> {
     let loaded = Settings::load(&Sources::from_process(config)).map_err(|e| e.to_string())?;
-    telemetry::init(&loaded.settings.log);
+    let _log_writer = telemetry::init(&loaded.settings.log);
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
@@ -140,7 +140,7 @@ async fn serve(config: Option<PathBuf>) -> Result<(), String> {
 }
 
 async fn simulator(args: SimulatorArgs) -> Result<(), String> {
-    telemetry::init(&LogSettings {
+    let _log_writer = telemetry::init(&LogSettings {
         format: LogFormat::Auto,
         filter: "info".to_owned(),
     });
