@@ -639,9 +639,17 @@ async fn a_stale_copy_is_served_while_fluence_fails_and_no_copy_is_503() {
         )
         .await;
     assert_eq!(fresh.status, 200, "{}", fresh.text);
-    // The copy ages past the TTL (moved back rather than waited for).
+    // A refresh, so that the answer held in memory is forgotten and the next request reads the
+    // stored copy; then that copy ages past the TTL (moved back rather than waited for).
+    let run = app.run_job("catalog").await;
+    assert_eq!(run["last_outcome"], "ok", "{run}");
     let store = app.store().await;
     sqlx::query("UPDATE catalog_cache SET fetched_at = '2000-01-01T00:00:00.000000Z'")
+        .execute(store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // And the hardware list was never stored.
+    sqlx::query("DELETE FROM catalog_cache WHERE name = 'hardware'")
         .execute(store.pool())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
