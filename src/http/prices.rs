@@ -246,20 +246,28 @@ async fn price_history(
         return Err(ApiError::internal("no bucket plan for a valid request"));
     };
 
-    let runs = {
+    let slots = usize::try_from(count).map_err(ApiError::internal)?;
+    let mut prices: Vec<Vec<Usdc>> = vec![Vec::new(); slots];
+    {
         let mut tx = state.store.pool().begin().await?;
-        let runs = prices::prices_between(
+        prices::each_run_between(
             &mut tx,
             from,
             to,
             configuration.as_deref(),
             country.as_deref(),
+            |at, run| {
+                let index = (at.timestamp() - start).div_euclid(size_secs);
+                // Runs come from `[from, to)`, which the buckets cover; anything else is skipped.
+                if let Some(slot) = usize::try_from(index).ok().and_then(|i| prices.get_mut(i)) {
+                    slot.extend(run);
+                }
+            },
         )
         .await?;
         tx.commit().await?;
-        runs
-    };
-    let buckets = buckets(start, size_secs, count, &runs)?;
+    }
+    let buckets = buckets(start, size_secs, prices)?;
     Ok(Json(PricesAnswer {
         configuration,
         country,
@@ -270,23 +278,12 @@ async fn price_history(
     }))
 }
 
-/// Groups `runs` (sampler runs and their prices, all at or after `start`) into `count` buckets
-/// of `size_secs` from `start` (a Unix time) and summarises each.
+/// Summarises the prices of each bucket of `size_secs` from `start` (a Unix time).
 fn buckets(
     start: i64,
     size_secs: i64,
-    count: i64,
-    runs: &[(DateTime<Utc>, Vec<Usdc>)],
+    prices: Vec<Vec<Usdc>>,
 ) -> Result<Vec<PriceBucket>, ApiError> {
-    let slots = usize::try_from(count).map_err(ApiError::internal)?;
-    let mut prices: Vec<Vec<Usdc>> = vec![Vec::new(); slots];
-    for (at, run) in runs {
-        let index = (at.timestamp() - start).div_euclid(size_secs);
-        // Runs come from `[from, to)`, which the buckets cover; anything else is skipped.
-        if let Some(slot) = usize::try_from(index).ok().and_then(|i| prices.get_mut(i)) {
-            slot.extend_from_slice(run);
-        }
-    }
     let instant = |secs: i64| {
         DateTime::from_timestamp(secs, 0)
             .ok_or_else(|| ApiError::internal(format!("bucket time {secs} out of range")))

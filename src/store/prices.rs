@@ -2,6 +2,7 @@
 //! the latest snapshot for `/v1/offers`, a range of samples for `/v1/prices`, and retention.
 
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::time::{from_db, to_db};
@@ -129,20 +130,23 @@ pub async fn latest_snapshot(
     Ok(Some((from_db(&latest)?, samples)))
 }
 
-/// Every price sampled in `[from, to)` that passes the filters (country upper case), one entry
-/// per sampler run (its time and its prices), oldest first.
+/// Every price sampled in `[from, to)` that passes the filters (country upper case), handed to
+/// `each` one sampler run at a time (its time and its prices), oldest first.
 ///
 /// The prices of a run come back as one `group_concat` text: grouping by `sampled_at` follows
 /// the index order, so SQLite does it without sorting, and a week of samples crosses from
 /// SQLite to Rust as a few hundred rows instead of tens of thousands (each row is a hand-off
-/// between sqlx's worker thread and the caller, which cost far more than reading it).
-pub async fn prices_between(
+/// between sqlx's worker thread and the caller, which cost far more than reading it). Rows are
+/// streamed, never collected: 90 days of a million samples held at once as rows, then as runs,
+/// took 30 MB a request, and glibc kept most of it in the arena of the connection's thread.
+pub async fn each_run_between(
     conn: &mut SqliteConnection,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     configuration: Option<&str>,
     country: Option<&str>,
-) -> Result<Vec<(DateTime<Utc>, Vec<Usdc>)>, sqlx::Error> {
+    mut each: impl FnMut(DateTime<Utc>, Vec<Usdc>),
+) -> Result<(), sqlx::Error> {
     let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new(
         "SELECT sampled_at, group_concat(price_micros) AS prices FROM price_samples \
          WHERE sampled_at >= ",
@@ -160,23 +164,20 @@ pub async fn prices_between(
         query.push(" AND country = ").push_bind(country);
     }
     query.push(" GROUP BY sampled_at ORDER BY sampled_at");
-    query
-        .build()
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|row| {
-            let at: String = row.try_get("sampled_at")?;
-            let prices: String = row.try_get("prices")?;
-            let prices = prices
-                .split(',')
-                .map(|micros| {
-                    micros.parse::<i64>().map(Usdc::from_micros).map_err(|e| {
-                        sqlx::Error::Decode(format!("bad price {micros:?}: {e}").into())
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((from_db(&at)?, prices))
-        })
-        .collect()
+    let mut rows = query.build().fetch(&mut *conn);
+    while let Some(row) = rows.try_next().await? {
+        let at: &str = row.try_get("sampled_at")?;
+        let prices: &str = row.try_get("prices")?;
+        let prices = prices
+            .split(',')
+            .map(|micros| {
+                micros
+                    .parse::<i64>()
+                    .map(Usdc::from_micros)
+                    .map_err(|e| sqlx::Error::Decode(format!("bad price {micros:?}: {e}").into()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        each(from_db(at)?, prices);
+    }
+    Ok(())
 }
