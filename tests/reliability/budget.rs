@@ -49,6 +49,11 @@ pub const SCENARIOS: &[Scenario] = &[
 /// The seeded bug of the C tests: admission reads the budget, sleeps 50 ms, then writes.
 pub const CHECK_THEN_ACT: &str = "admission.check_then_act=sleep(50)";
 
+/// Only the explicit deployer runs decide: a background tick that caught a round's first
+/// requests as they arrived could admit exactly k of them alone, and a seeded round would pass
+/// unnoticed (C1 seeded missed 1 of 5 rounds so).
+const ONLY_EXPLICIT_RUNS: (&str, &str) = ("GATEWAY__JOBS__DEPLOYER_INTERVAL_SECS", "3600");
+
 /// Statuses that mean the deployment passed admission.
 pub fn was_admitted(deployment: &Value) -> bool {
     matches!(
@@ -196,7 +201,11 @@ pub async fn c1(suite: Arc<Suite>) -> Vec<Row> {
         )
         .await;
     let gateway = world
-        .gateway(GatewayOptions::failpoints(CHECK_THEN_ACT).with_env(concurrency.0, concurrency.1))
+        .gateway(
+            GatewayOptions::failpoints(CHECK_THEN_ACT)
+                .with_env(concurrency.0, concurrency.1)
+                .with_env(ONLY_EXPLICIT_RUNS.0, ONLY_EXPLICIT_RUNS.1),
+        )
         .await;
     let seeded_rounds = suite.profile.pick(5, 20);
     let mut caught = 0;
@@ -305,11 +314,10 @@ async fn c2_rounds(
             Some(spec) => GatewayOptions::failpoints(spec),
             None => GatewayOptions::default(),
         };
-        // Only the explicit runs decide, both processes at once; a background tick that
-        // caught the first requests as they arrived would decide them one by one.
+        // Only the explicit runs decide, both processes at once.
         options
             .with_env(CONCURRENCY.0, CONCURRENCY.1)
-            .with_env("GATEWAY__JOBS__DEPLOYER_INTERVAL_SECS", "3600")
+            .with_env(ONLY_EXPLICIT_RUNS.0, ONLY_EXPLICIT_RUNS.1)
     };
     let first = world.gateway(options()).await;
     let second = world.gateway(options()).await;
@@ -395,7 +403,9 @@ async fn c3_rounds(
 ) -> (u64, u64, u64, Tally) {
     let world = market_world(suite, label).await;
     let options = match failpoints {
-        Some(spec) => GatewayOptions::failpoints(spec),
+        Some(spec) => {
+            GatewayOptions::failpoints(spec).with_env(ONLY_EXPLICIT_RUNS.0, ONLY_EXPLICIT_RUNS.1)
+        }
         None => GatewayOptions::default(),
     };
     let gateway = world
