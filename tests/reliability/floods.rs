@@ -41,6 +41,12 @@ fn flood_gateway() -> GatewayOptions {
     GatewayOptions::default().with_env("RUST_LOG", "warn,fluence_gateway::startup=info")
 }
 
+/// For the latency figures (E4, G1): the gateway alone on CPU 0, so that the flood the suite
+/// generates competes with it only through the requests it sends (RELIABILITY.md 4.4).
+fn pinned_flood_gateway() -> GatewayOptions {
+    flood_gateway().on_cpu(0)
+}
+
 /// `samples` sequential GETs of `path` with `key`, one every `gap`; latencies in seconds and
 /// the number of answers other than 200.
 async fn sample_latency(
@@ -96,7 +102,7 @@ pub async fn e4(suite: Arc<Suite>) -> Vec<Row> {
     let world = World::new(&suite, "e4").await;
     let gateway = Arc::new(
         world
-            .gateway(flood_gateway().with_env(
+            .gateway(pinned_flood_gateway().with_env(
                 "GATEWAY__SERVER__HEADER_READ_TIMEOUT_SECS",
                 timeout_secs.to_string(),
             ))
@@ -167,7 +173,7 @@ pub async fn e4(suite: Arc<Suite>) -> Vec<Row> {
     row.runs = connections as u64;
     row.bad = late + never_freed + not_connected;
     row.figures = format!(
-        "legitimate p99 {p99_before:.1} ms before (A/A control {:.1} ms) vs {p99_during:.1} ms during = {change:+.0}% (target < +50%; p50 {:.1} vs {:.1} ms; n = {} / {}; failures {before_failures} / {during_failures}); slow connections freed {} of {connections}, hold p50 {:.1} s, max {:.1} s (header timeout {timeout_secs} s + 1 s), later than that {late}, never freed {never_freed}, refused at connect {not_connected}",
+        "gateway pinned to CPU 0; legitimate p99 {p99_before:.1} ms before (A/A control {:.1} ms) vs {p99_during:.1} ms during = {change:+.0}% (target < +50%; p50 {:.1} vs {:.1} ms; n = {} / {}; failures {before_failures} / {during_failures}); slow connections freed {} of {connections}, hold p50 {:.1} s, max {:.1} s (header timeout {timeout_secs} s + 1 s), later than that {late}, never freed {never_freed}, refused at connect {not_connected}",
         ms(&control, 99.0),
         ms(&before, 50.0),
         ms(&during, 50.0),
@@ -203,7 +209,7 @@ pub async fn g1(suite: Arc<Suite>) -> Vec<Row> {
     let gateway = Arc::new(
         world
             .gateway(
-                flood_gateway()
+                pinned_flood_gateway()
                     .with_env(
                         "GATEWAY__RATE_LIMIT__PER_TEAM_PER_SECOND",
                         per_second.to_string(),
@@ -317,7 +323,7 @@ pub async fn g1(suite: Arc<Suite>) -> Vec<Row> {
     row.runs = sent;
     row.bad = missing_retry_after + others;
     row.figures = format!(
-        "flood offered {offered:.0} rps for {:.1} s: accepted {} ({sustained_rate:.1}/s after the burst vs a quota of {per_second}/s, {rate_error:+.1}%), 429 {} (without Retry-After {missing_retry_after}), other {others}; quiet team p99 {p99_base:.1} ms alone vs {p99_during:.1} ms during = {change:+.0}% (target < +25%; A/A control after {:.1} ms; p50 {:.1} / {:.1} ms; n = {} / {}; quiet failures {})",
+        "flood offered {offered:.0} rps for {:.1} s: accepted {} ({sustained_rate:.1}/s after the burst vs a quota of {per_second}/s, {rate_error:+.1}%), 429 {} (without Retry-After {missing_retry_after}), other {others}; gateway pinned to CPU 0; quiet team p99 {p99_base:.1} ms alone vs {p99_during:.1} ms during = {change:+.0}% (target < +25%; A/A control after {:.1} ms; p50 {:.1} / {:.1} ms; n = {} / {}; quiet failures {})",
         wall.as_secs_f64(),
         accepted.load(Ordering::Relaxed),
         refused.load(Ordering::Relaxed),

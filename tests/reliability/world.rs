@@ -320,6 +320,9 @@ pub struct GatewayOptions {
     pub failpoints: Option<String>,
     /// More environment, applied last (so it can override a default).
     pub env: Vec<(String, String)>,
+    /// A CPU to pin the process to (`taskset -c`), for latency figures (RELIABILITY.md 4.4):
+    /// the gateway on one core, the suite's load and the simulator on the other.
+    pub cpu: Option<u32>,
 }
 
 impl GatewayOptions {
@@ -327,7 +330,13 @@ impl GatewayOptions {
         GatewayOptions {
             failpoints: Some(spec.into()),
             env: Vec::new(),
+            cpu: None,
         }
+    }
+
+    pub fn on_cpu(mut self, cpu: u32) -> GatewayOptions {
+        self.cpu = Some(cpu);
+        self
     }
 
     pub fn with_env(mut self, key: &str, value: impl Into<String>) -> GatewayOptions {
@@ -357,7 +366,14 @@ impl Gateway {
             "{}.log",
             suite.next_id.fetch_add(1, Ordering::Relaxed)
         ));
-        let mut command = Command::new(binary());
+        let mut command = match options.cpu {
+            Some(cpu) => {
+                let mut taskset = Command::new("taskset");
+                taskset.arg("-c").arg(cpu.to_string()).arg(binary());
+                taskset
+            }
+            None => Command::new(binary()),
+        };
         command
             .arg("serve")
             .env_remove("GATEWAY_FAILPOINTS")
