@@ -6,11 +6,11 @@
 //! `"stale": true` and with `Warning: 110 - "stale"`; with no copy at all the answer is 503
 //! `upstream_unavailable`. Items are the gateway's own types, in the API's snake_case.
 
-use axum::Json;
-use axum::extract::State;
 use std::sync::Mutex;
 
+use axum::Json;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, TimeDelta, Utc};
@@ -241,9 +241,10 @@ where
         .ok()
         .and_then(TimeDelta::try_seconds)
         .unwrap_or(TimeDelta::MAX);
-    if let Some(body) = state.catalog_answers.fresh(list, ttl) {
-        return Ok(json_response(body));
-    }
+    let generation = match state.catalog_answers.fresh(list, ttl) {
+        Kept::Fresh(body) => return Ok(json_response(body)),
+        Kept::Missing(generation) => generation,
+    };
     let cached = {
         let mut conn = state.store.pool().acquire().await?;
         crate::store::catalog::get(&mut conn, list.name()).await?
@@ -279,7 +280,7 @@ where
         let body = Bytes::from(serde_json::to_vec(&answer).map_err(ApiError::internal)?);
         state
             .catalog_answers
-            .keep(list, entry.fetched_at, body.clone());
+            .keep(list, generation, entry.fetched_at, body.clone());
         return Ok(json_response(body));
     }
     let mut response = Json(answer).into_response();
@@ -304,29 +305,46 @@ fn json_response(body: Bytes) -> Response {
 
 /// The answers last served from a fresh copy, encoded, so that the next request within the
 /// copy's lifetime reads no database and decodes nothing. A refresh of a list forgets its
-/// answer; a stale copy's answer is never kept.
+/// answer, and an answer made from a copy read before that refresh is not kept (the refresh
+/// bumps the list's generation); a stale copy's answer is never kept.
 #[derive(Default)]
-pub struct Answers(Mutex<[Option<Answer>; CatalogList::ALL.len()]>);
+pub struct Answers(Mutex<[Slot; CatalogList::ALL.len()]>);
 
-/// An encoded answer and when the copy it was made from was fetched.
-type Answer = (DateTime<Utc>, Bytes);
+#[derive(Default)]
+struct Slot {
+    generation: u64,
+    /// The encoded answer and when the copy it was made from was fetched.
+    answer: Option<(DateTime<Utc>, Bytes)>,
+}
+
+/// A kept answer, or the generation to hand back to [`Answers::keep`].
+enum Kept {
+    Fresh(Bytes),
+    Missing(u64),
+}
 
 impl Answers {
-    fn fresh(&self, list: CatalogList, ttl: TimeDelta) -> Option<Bytes> {
-        let answers = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        match &answers[list as usize] {
-            Some((fetched_at, body)) if now() - *fetched_at < ttl => Some(body.clone()),
-            _ => None,
+    fn fresh(&self, list: CatalogList, ttl: TimeDelta) -> Kept {
+        let slots = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = &slots[list as usize];
+        match &slot.answer {
+            Some((fetched_at, body)) if now() - *fetched_at < ttl => Kept::Fresh(body.clone()),
+            _ => Kept::Missing(slot.generation),
         }
     }
 
-    fn keep(&self, list: CatalogList, fetched_at: DateTime<Utc>, body: Bytes) {
-        let mut answers = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        answers[list as usize] = Some((fetched_at, body));
+    fn keep(&self, list: CatalogList, generation: u64, fetched_at: DateTime<Utc>, body: Bytes) {
+        let mut slots = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = &mut slots[list as usize];
+        if slot.generation == generation {
+            slot.answer = Some((fetched_at, body));
+        }
     }
 
     pub fn forget(&self, list: CatalogList) {
-        let mut answers = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        answers[list as usize] = None;
+        let mut slots = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = &mut slots[list as usize];
+        slot.generation += 1;
+        slot.answer = None;
     }
 }
