@@ -46,13 +46,19 @@ impl KeyCache {
     }
 
     pub fn get(&self, prefix: &str) -> Lookup {
+        self.get_at(prefix, Instant::now())
+    }
+
+    fn get_at(&self, prefix: &str, now: Instant) -> Lookup {
         // Read first: a revocation bumps the generation after it commits, so a database read
         // that starts after this load and sees the key active may be kept only if no
         // revocation committed in between.
         let generation = self.generation.load(Ordering::Acquire);
         let entries = self.entries.read().unwrap_or_else(|p| p.into_inner());
         match entries.get(prefix) {
-            Some((at, record)) if at.elapsed() < self.lifetime => Lookup::Hit(record.clone()),
+            Some((at, record)) if now.saturating_duration_since(*at) < self.lifetime => {
+                Lookup::Hit(record.clone())
+            }
             _ => Lookup::Miss(generation),
         }
     }
@@ -84,12 +90,29 @@ impl KeyCache {
         entries.clear();
     }
 
+    /// Forgets every key when the returned guard is dropped: held across a revocation's commit,
+    /// it runs after the commit, and also when the request is dropped while the commit is out
+    /// (a timeout, a client gone), which a call after the `await` would miss.
+    pub fn forget_all_after(&self) -> ForgetAll<'_> {
+        ForgetAll(self)
+    }
+
+    /// Entries held, expired ones included until they are replaced or the cache fills.
     pub fn len(&self) -> usize {
         self.entries.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// See [`KeyCache::forget_all_after`].
+pub struct ForgetAll<'a>(&'a KeyCache);
+
+impl Drop for ForgetAll<'_> {
+    fn drop(&mut self) {
+        self.0.forget_all();
     }
 }
 
@@ -121,12 +144,25 @@ mod tests {
 
     #[test]
     fn a_kept_key_is_found_until_its_lifetime_ends() {
-        let cache = KeyCache::new(Duration::from_millis(50), 10);
+        let lifetime = Duration::from_secs(5);
+        let cache = KeyCache::new(lifetime, 10);
         let generation = miss(&cache, "fgw_a");
         cache.keep(generation, &record("fgw_a"));
         assert!(matches!(cache.get("fgw_a"), Lookup::Hit(r) if r.prefix == "fgw_a"));
-        std::thread::sleep(Duration::from_millis(60));
-        miss(&cache, "fgw_a");
+        let later = Instant::now() + lifetime;
+        assert!(matches!(cache.get_at("fgw_a", later), Lookup::Miss(_)));
+    }
+
+    #[test]
+    fn the_guard_forgets_when_dropped() {
+        let cache = KeyCache::new(Duration::from_secs(60), 10);
+        let generation = miss(&cache, "fgw_a");
+        cache.keep(generation, &record("fgw_a"));
+        {
+            let _forget = cache.forget_all_after();
+            assert_eq!(cache.len(), 1);
+        }
+        assert!(cache.is_empty());
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! A key reads `fgw_<16 hex>_<43 base64url>`. The first part (`fgw_` and 16 hex digits, 64
 //! random bits) is the visible prefix that finds the row; the rest is a 256-bit secret stored
 //! only as its SHA-256 digest. A check is one indexed lookup (in memory for a key checked in the
-//! last few seconds, see `cache`) and one constant-time comparison of digests; an unknown prefix is compared against a decoy digest, so the secret's check costs the
-//! same either way. (A known prefix also decodes its row; prefixes are not secret, they are
+//! last few seconds, see `cache`) and one constant-time comparison of digests; an unknown prefix
+//! is compared against a decoy digest, so the secret's check costs the same either way. (A known prefix also decodes its row; prefixes are not secret, they are
 //! shown in key lists.) SHA-256 (not a password hash) is enough because the secret is random and
 //! long, and it keeps a flood of bad keys cheap to refuse.
 

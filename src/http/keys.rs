@@ -225,8 +225,8 @@ async fn revoke_key(
         &key_id,
     )
     .await?;
+    let _forget = state.keys.forget_all_after();
     tx.commit().await?;
-    state.keys.forget_all();
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -256,8 +256,8 @@ async fn revoke_admin_key(
 ) -> Result<StatusCode, ApiError> {
     let mut tx = state.store.begin_write().await?;
     revoke(&mut tx, &principal, request_id.as_deref(), None, &key_id).await?;
+    let _forget = state.keys.forget_all_after();
     tx.commit().await?;
-    state.keys.forget_all();
     Ok(StatusCode::NO_CONTENT)
 }
 

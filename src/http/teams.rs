@@ -670,8 +670,8 @@ async fn delete_team(
         now,
     )
     .await?;
-    tx.commit().await?;
     // Its keys were revoked with it.
-    state.keys.forget_all();
+    let _forget = state.keys.forget_all_after();
+    tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
