@@ -424,12 +424,10 @@ async fn update_vm(
 
     let at = now();
     let new_name = name.clone().unwrap_or_else(|| vm.name.clone());
-    let new_ports = match &ports {
-        Some(ports) => json!(wire_ports(ports)),
-        None => vm.open_ports.clone(),
-    };
+    let sent_ports = ports.as_deref().map(|ports| json!(wire_ports(ports)));
+    let new_ports = sent_ports.clone().unwrap_or_else(|| vm.open_ports.clone());
     let mut tx = state.store.begin_write().await?;
-    vms::set_name_and_ports(&mut tx, &vm.id, &new_name, &new_ports, at).await?;
+    vms::set_name_and_ports(&mut tx, &vm.id, &new_name, sent_ports.as_ref(), at).await?;
     audit::record(
         &mut tx,
         NewAuditEntry {

@@ -534,22 +534,26 @@ pub async fn list(
         .collect()
 }
 
-/// Sets the name and ports the gateway just had Fluence apply, at `at`, once Fluence answered:
-/// a listing fetched before then may still show the old ports and must not restore them.
+/// Sets the name and, when given, the ports the gateway just had Fluence apply, at `at`, once
+/// Fluence answered: a listing fetched before then may still show the old ports and must not
+/// restore them. A change of the name alone leaves the ports and their time as they are.
 pub async fn set_name_and_ports(
     conn: &mut SqliteConnection,
     id: &str,
     name: &str,
-    open_ports: &Value,
+    open_ports: Option<&Value>,
     at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE vms SET name = ?2, open_ports = ?3, ports_set_at = ?4 WHERE id = ?1")
-        .bind(id)
-        .bind(name)
-        .bind(open_ports.to_string())
-        .bind(to_db(at))
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "UPDATE vms SET name = ?2, open_ports = COALESCE(?3, open_ports), \
+         ports_set_at = CASE WHEN ?3 IS NULL THEN ports_set_at ELSE ?4 END WHERE id = ?1",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(open_ports.map(Value::to_string))
+    .bind(to_db(at))
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

@@ -382,6 +382,10 @@ async fn port_updates_never_close_ssh_by_accident_h1() {
         upstream_ports().await,
         vec![(22, "tcp".into()), (80, "tcp".into()), (443, "tcp".into())]
     );
+    // A new name alone leaves the ports as they are.
+    let renamed = patch(json!({"name": "web-2"})).await;
+    assert_eq!(renamed.status, 200, "{}", renamed.text);
+    assert_eq!(renamed.json["open_ports"], unconsented.json["open_ports"]);
 
     // Deleting: Fluence first, then the inventory; the commitment goes with it.
     let before = app
