@@ -15,9 +15,11 @@ use crate::config::{LogFormat, LogSettings};
 ///
 /// Lines are written to stdout by a thread of their own, in batches, so that no request waits
 /// for a write to a slow terminal, pipe or disk (a profile under load had a quarter of the
-/// gateway's time in one `write` per access-log line). Nothing is dropped: a full queue (128k
-/// lines) makes loggers wait. The returned guard flushes what is queued when dropped; hold it
-/// until the process ends. A process killed outright loses at most the lines still queued.
+/// gateway's time in one `write` per access-log line). None is dropped while the process runs:
+/// a full queue (128k lines) makes loggers wait. The returned guard, dropped as `serve` returns,
+/// lets the writer drain for up to a second (tracing-appender's limit); a line logged after that
+/// (a task that outlived the shutdown grace period) or still queued when the process is killed
+/// outright is lost.
 #[must_use = "dropping the guard stops the log writer"]
 pub fn init(settings: &LogSettings) -> WorkerGuard {
     let (writer, guard) = NonBlockingBuilder::default()
