@@ -67,6 +67,75 @@ pub struct Round {
     pub admitted: usize,
     /// Rejections for any reason but the budget: a wrong answer, not a refusal.
     pub wrong_rejections: usize,
+    /// Spent + committed + reserved above the cap once the round was decided: an overspend.
+    pub over_cap: bool,
+}
+
+impl Round {
+    /// Whether the round overspent, whether it was wrong in any way (an overspend, fewer than
+    /// the k deploys the cap fits, a refusal for another reason), and whether more than k got in
+    /// within the cap. The last is right, not wrong: a deployment's hold is never below what its
+    /// VMs will be charged in the period and may be above it (30 epochs held, 29 charged once
+    /// settled, in the full run of 2026-12-03), so a round whose first deployments settle before
+    /// its last are decided can have room for one more.
+    pub fn judge(&self, k: usize) -> (bool, bool, bool) {
+        let wrong = self.over_cap || self.admitted < k || self.wrong_rejections > 0;
+        (self.over_cap, wrong, self.admitted > k && !self.over_cap)
+    }
+}
+
+/// What a scenario's rounds found, each by [`Round::judge`].
+#[derive(Default)]
+pub struct Judged {
+    pub runs: u64,
+    pub overspent: u64,
+    pub wrong: u64,
+    pub above_k: u64,
+}
+
+impl Judged {
+    fn add(&mut self, round: &Round, k: usize) {
+        let (overspent, wrong, above_k) = round.judge(k);
+        self.runs += 1;
+        self.overspent += u64::from(overspent);
+        self.wrong += u64::from(wrong);
+        self.above_k += u64::from(above_k);
+    }
+
+    fn figures(&self) -> String {
+        format!(
+            "overspent rounds {}/{runs}, wrong rounds (an overspend, fewer than k admitted or a refusal not for the budget) {}/{runs}, rounds with k + 1 admitted within the cap once a settlement freed room {}",
+            self.overspent,
+            self.wrong,
+            self.above_k,
+            runs = self.runs
+        )
+    }
+}
+
+/// The seeded rows' figure: rounds in which the seeded race overspent, of all.
+fn detection(caught: u64, runs: u64) -> String {
+    format!(
+        "seeded-bug detection rate {caught}/{runs} ({:.0}%): rounds whose spent + committed + reserved ended above the cap",
+        100.0 * caught as f64 / runs.max(1) as f64
+    )
+}
+
+/// Whether `team`'s spent + committed + reserved is above its cap, from its budget status.
+async fn over_cap(gateway: &Gateway, team: &str) -> bool {
+    let budget = gateway
+        .admin(Method::GET, &format!("/v1/teams/{team}/budget"), None)
+        .await;
+    assert_eq!(budget.status, 200, "budget of {team}: {}", budget.text);
+    let available = budget.json["available"].as_str().unwrap_or_default();
+    // `Usdc` holds no negative amount: the sign is read here.
+    let (negative, magnitude) = match available.strip_prefix('-') {
+        Some(magnitude) => (true, magnitude),
+        None => (false, available),
+    };
+    let magnitude = Usdc::parse(magnitude)
+        .unwrap_or_else(|e| panic!("available in {}: {e}", budget.text));
+    negative && magnitude.micros() > 0
 }
 
 /// The commitment of one `instances = 1` deployment for `team`, from a dry run.
@@ -144,6 +213,7 @@ pub async fn c1_round(gateway: &Gateway, team: &str, n: usize, k: usize) -> Roun
             .iter()
             .filter(|d| d["status"] == "rejected" && d["reason"]["code"] != "budget_exceeded")
             .count(),
+        over_cap: over_cap(gateway, team).await,
     }
 }
 
@@ -154,8 +224,7 @@ pub async fn c1(suite: Arc<Suite>) -> Vec<Row> {
     let concurrency = ("GATEWAY__JOBS__DEPLOYER_CONCURRENCY", "64");
 
     let mut row = Row::new(format!("C1 N in {sizes:?}"), "I3", suite.seed);
-    let mut overspent = 0;
-    let mut wrong_k = 0;
+    let mut judged = Judged::default();
     let mut tally = Tally::default();
     for &n in sizes {
         let world = World::new(&suite, &format!("c1-n{n}")).await;
@@ -173,19 +242,14 @@ pub async fn c1(suite: Arc<Suite>) -> Vec<Row> {
         for round in 0..rounds {
             let k = n / 2;
             let found = c1_round(&gateway, &format!("c1-{n}-{round}"), n, k).await;
-            row.runs += 1;
-            overspent += u64::from(found.admitted > k);
-            wrong_k += u64::from(found.admitted != k || found.wrong_rejections > 0);
+            judged.add(&found, k);
         }
         check::quiesce(&world, &gateway).await;
         tally.add(&check::check(&world.db_path(), &world.sim.state().await).await);
     }
-    row.bad = wrong_k;
-    row.figures = format!(
-        "overspent rounds {overspent}/{runs}, admitted != k {wrong_k}/{runs}; checker: {}",
-        tally.figures(),
-        runs = row.runs
-    );
+    row.runs = judged.runs;
+    row.bad = judged.wrong;
+    row.figures = format!("{}; checker: {}", judged.figures(), tally.figures());
     row.require(tally.bad_runs == 0, tally.first_failure.unwrap_or_default());
 
     // The mutation check: the same rounds against check-then-act must overspend every time.
@@ -212,14 +276,10 @@ pub async fn c1(suite: Arc<Suite>) -> Vec<Row> {
     for round in 0..seeded_rounds {
         let found = c1_round(&gateway, &format!("seeded-{round}"), 8, 4).await;
         seeded.runs += 1;
-        caught += u64::from(found.admitted > 4);
+        caught += u64::from(found.over_cap);
     }
     seeded.bad = seeded.runs - caught;
-    seeded.figures = format!(
-        "seeded-bug detection rate {caught}/{} ({:.0}%)",
-        seeded.runs,
-        100.0 * caught as f64 / seeded.runs as f64
-    );
+    seeded.figures = detection(caught, seeded.runs);
     vec![row, seeded]
 }
 
@@ -281,6 +341,7 @@ pub async fn race(gateways: &[&Gateway], team: &str, member: &str, n: usize) -> 
             .iter()
             .filter(|d| d["status"] == "rejected" && d["reason"]["code"] != "budget_exceeded")
             .count(),
+        over_cap: over_cap(gateways[0], team).await,
     }
 }
 
@@ -301,13 +362,13 @@ async fn market_world(suite: &Arc<Suite>, label: &str) -> World {
 const CONCURRENCY: (&str, &str) = ("GATEWAY__JOBS__DEPLOYER_CONCURRENCY", "64");
 
 /// C2 on one build: two gateway processes on one SQLite file, each round's requests split
-/// between them. Returns (rounds, overspent, admitted != k, checker tally).
+/// between them. Returns what the rounds found and the checker's tally.
 async fn c2_rounds(
     suite: &Arc<Suite>,
     label: &str,
     failpoints: Option<&str>,
     rounds: usize,
-) -> (u64, u64, u64, Tally) {
+) -> (Judged, Tally) {
     let world = market_world(suite, label).await;
     let options = || {
         let options = match failpoints {
@@ -328,7 +389,7 @@ async fn c2_rounds(
     } else {
         (8, 4)
     };
-    let (mut overspent, mut wrong_k) = (0, 0);
+    let mut judged = Judged::default();
     for round in 0..rounds {
         let team = format!("{label}-{round}");
         first.create_team(&team, "100000", json!({})).await;
@@ -346,8 +407,7 @@ async fn c2_rounds(
             .await;
         assert_eq!(patched.status, 200, "set the cap: {}", patched.text);
         let found = race(&[&first, &second], &team, &member, n).await;
-        overspent += u64::from(found.admitted > k);
-        wrong_k += u64::from(found.admitted != k || found.wrong_rejections > 0);
+        judged.add(&found, k);
     }
     let mut tally = Tally::default();
     if failpoints.is_none() {
@@ -355,7 +415,7 @@ async fn c2_rounds(
         check::quiesce(&world, &second).await;
         tally.add(&check::check(&world.db_path(), &world.sim.state().await).await);
     }
-    (rounds as u64, overspent, wrong_k, tally)
+    (judged, tally)
 }
 
 /// C2: C1 with two gateway processes sharing one SQLite file, and its seeded race.
@@ -366,30 +426,24 @@ pub async fn c2(suite: Arc<Suite>) -> Vec<Row> {
         "I3",
         suite.seed,
     );
-    let (runs, overspent, wrong_k, tally) = c2_rounds(&suite, "c2", None, rounds).await;
-    row.runs = runs;
-    row.bad = overspent + wrong_k;
-    row.figures = format!(
-        "overspent rounds {overspent}/{runs}, admitted != k {wrong_k}/{runs}; checker: {}",
-        tally.figures()
-    );
+    let (judged, tally) = c2_rounds(&suite, "c2", None, rounds).await;
+    row.runs = judged.runs;
+    row.bad = judged.wrong;
+    row.figures = format!("{}; checker: {}", judged.figures(), tally.figures());
     row.require(tally.bad_runs == 0, tally.first_failure.unwrap_or_default());
 
     let mut seeded = Row::new("C2 seeded race (N = 16, k = 4)", "I3", suite.seed);
     seeded.build = Build::Seeded(CHECK_THEN_ACT);
-    let (runs, caught, _, _) = c2_rounds(
+    let (judged, _) = c2_rounds(
         &suite,
         "c2-seeded",
         Some(CHECK_THEN_ACT),
         suite.profile.pick(3, 20),
     )
     .await;
-    seeded.runs = runs;
-    seeded.bad = runs - caught;
-    seeded.figures = format!(
-        "seeded-bug detection rate {caught}/{runs} ({:.0}%)",
-        100.0 * caught as f64 / runs as f64
-    );
+    seeded.runs = judged.runs;
+    seeded.bad = judged.runs - judged.overspent;
+    seeded.figures = detection(judged.overspent, judged.runs);
     vec![row, seeded]
 }
 
@@ -400,7 +454,7 @@ async fn c3_rounds(
     label: &str,
     failpoints: Option<&str>,
     rounds: usize,
-) -> (u64, u64, u64, Tally) {
+) -> (Judged, Tally) {
     let world = market_world(suite, label).await;
     let options = match failpoints {
         Some(spec) => {
@@ -421,7 +475,7 @@ async fn c3_rounds(
     let cap = one
         .checked_mul(k as i64)
         .unwrap_or_else(|| panic!("cap overflows"));
-    let (mut overspent, mut wrong_k) = (0, 0);
+    let mut judged = Judged::default();
     for round in 0..rounds {
         let team = format!("{label}-{round}");
         gateway
@@ -429,15 +483,14 @@ async fn c3_rounds(
             .await;
         let member = gateway.mint_key(&team, "member").await;
         let found = race(&[&gateway], &team, &member, n).await;
-        overspent += u64::from(found.admitted > k);
-        wrong_k += u64::from(found.admitted != k || found.wrong_rejections > 0);
+        judged.add(&found, k);
     }
     let mut tally = Tally::default();
     if failpoints.is_none() {
         check::quiesce(&world, &gateway).await;
         tally.add(&check::check(&world.db_path(), &world.sim.state().await).await);
     }
-    (rounds as u64, overspent, wrong_k, tally)
+    (judged, tally)
 }
 
 /// C3: concurrent first requests of new teams, and the seeded race.
@@ -448,30 +501,24 @@ pub async fn c3(suite: Arc<Suite>) -> Vec<Row> {
         "I3",
         suite.seed,
     );
-    let (runs, overspent, wrong_k, tally) = c3_rounds(&suite, "c3", None, rounds).await;
-    row.runs = runs;
-    row.bad = overspent + wrong_k;
-    row.figures = format!(
-        "overspent rounds {overspent}/{runs}, admitted != k {wrong_k}/{runs}; checker: {}",
-        tally.figures()
-    );
+    let (judged, tally) = c3_rounds(&suite, "c3", None, rounds).await;
+    row.runs = judged.runs;
+    row.bad = judged.wrong;
+    row.figures = format!("{}; checker: {}", judged.figures(), tally.figures());
     row.require(tally.bad_runs == 0, tally.first_failure.unwrap_or_default());
 
     let mut seeded = Row::new("C3 seeded race", "I3", suite.seed);
     seeded.build = Build::Seeded(CHECK_THEN_ACT);
-    let (runs, caught, _, _) = c3_rounds(
+    let (judged, _) = c3_rounds(
         &suite,
         "c3-seeded",
         Some(CHECK_THEN_ACT),
         suite.profile.pick(3, 20),
     )
     .await;
-    seeded.runs = runs;
-    seeded.bad = runs - caught;
-    seeded.figures = format!(
-        "seeded-bug detection rate {caught}/{runs} ({:.0}%)",
-        100.0 * caught as f64 / runs as f64
-    );
+    seeded.runs = judged.runs;
+    seeded.bad = judged.runs - judged.overspent;
+    seeded.figures = detection(judged.overspent, judged.runs);
     vec![row, seeded]
 }
 
