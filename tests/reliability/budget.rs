@@ -133,8 +133,8 @@ async fn over_cap(gateway: &Gateway, team: &str) -> bool {
         Some(magnitude) => (true, magnitude),
         None => (false, available),
     };
-    let magnitude = Usdc::parse(magnitude)
-        .unwrap_or_else(|e| panic!("available in {}: {e}", budget.text));
+    let magnitude =
+        Usdc::parse(magnitude).unwrap_or_else(|e| panic!("available in {}: {e}", budget.text));
     negative && magnitude.micros() > 0
 }
 
