@@ -821,14 +821,23 @@ async fn a_port_edit_before_the_first_sync_keeps_the_deployed_ports() {
         .rfind(|c| c["method"] == "PATCH")
         .cloned()
         .unwrap_or_default();
-    let mut ports: Vec<u64> = patch["body"]["updates"][0]["openPorts"]
+    assert_eq!(
+        port_numbers(&patch["body"]["updates"][0]["openPorts"]),
+        [22, 80, 443],
+        "80 came with the deployment"
+    );
+}
+
+/// The port numbers of a list of `{port, protocol}`, sorted.
+fn port_numbers(ports: &Value) -> Vec<u64> {
+    let mut numbers: Vec<u64> = ports
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|p| p["port"].as_u64())
         .collect();
-    ports.sort_unstable();
-    assert_eq!(ports, [22, 80, 443], "80 came with the deployment");
+    numbers.sort_unstable();
+    numbers
 }
 
 /// RELIABILITY H1: a sync whose listing was fetched before a port update lands after it; the
@@ -864,16 +873,7 @@ async fn a_listing_older_than_a_port_update_does_not_restore_the_old_ports() {
     };
     let (_, patched) = tokio::join!(app.run_job("inventory"), update);
     assert_eq!(patched.status, 200, "{}", patched.text);
-    let ports = |vm: &crate::helpers::Reply| -> Vec<u64> {
-        let mut ports: Vec<u64> = vm.json["open_ports"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p["port"].as_u64())
-            .collect();
-        ports.sort_unstable();
-        ports
-    };
+    let ports = |vm: &crate::helpers::Reply| port_numbers(&vm.json["open_ports"]);
     let vm = get_vm(&app, &member, &vms[0]).await;
     assert_eq!(ports(&vm), [22, 80, 443], "{}", vm.text);
     app.run_job("inventory").await;
