@@ -348,3 +348,50 @@ impl Answers {
         slot.answer = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn missing(answers: &Answers, list: CatalogList) -> u64 {
+        match answers.fresh(list, TimeDelta::hours(1)) {
+            Kept::Missing(generation) => generation,
+            Kept::Fresh(_) => panic!("{} should not be kept", list.name()),
+        }
+    }
+
+    #[test]
+    fn an_answer_is_kept_for_its_copys_lifetime_and_only_for_its_list() {
+        let answers = Answers::default();
+        let generation = missing(&answers, CatalogList::Countries);
+        answers.keep(CatalogList::Countries, generation, now(), Bytes::from("[]"));
+        assert!(matches!(
+            answers.fresh(CatalogList::Countries, TimeDelta::hours(1)),
+            Kept::Fresh(body) if body == "[]"
+        ));
+        missing(&answers, CatalogList::Hardware);
+        let old = now() - TimeDelta::hours(2);
+        answers.keep(CatalogList::Images, 0, old, Bytes::from("[]"));
+        missing(&answers, CatalogList::Images);
+    }
+
+    #[test]
+    fn an_answer_read_before_a_refresh_is_not_kept_after_it() {
+        let answers = Answers::default();
+        let generation = missing(&answers, CatalogList::Countries);
+        // The refresh commits and forgets while the request is encoding the old copy.
+        answers.forget(CatalogList::Countries);
+        answers.keep(
+            CatalogList::Countries,
+            generation,
+            now(),
+            Bytes::from("old"),
+        );
+        let after = missing(&answers, CatalogList::Countries);
+        answers.keep(CatalogList::Countries, after, now(), Bytes::from("new"));
+        assert!(matches!(
+            answers.fresh(CatalogList::Countries, TimeDelta::hours(1)),
+            Kept::Fresh(body) if body == "new"
+        ));
+    }
+}
