@@ -347,8 +347,7 @@ impl Metrics {
 /// The upstream guard's state (`fluence::guard`): calls out against the bulkhead's size, and
 /// whether the breaker holds calls back.
 pub fn render_guard(guard: &crate::fluence::guard::UpstreamGuard) -> String {
-    let mut out = Exposition::default();
-    let gauges = [
+    render_gauges(&[
         (
             "gateway_upstream_in_flight",
             "Calls to the Fluence API out now.",
@@ -364,7 +363,12 @@ pub fn render_guard(guard: &crate::fluence::guard::UpstreamGuard) -> String {
             "Whether repeated failures keep calls to Fluence held back until a probe succeeds (1) or not (0).",
             usize::from(guard.is_open()),
         ),
-    ];
+    ])
+}
+
+/// Gauges without labels, each `(name, help, value)`.
+fn render_gauges(gauges: &[(&str, &str, usize)]) -> String {
+    let mut out = Exposition::default();
     for (name, help, value) in gauges {
         out.family(name, "gauge", help);
         out.sample(name, &[], &value.to_string());
@@ -376,28 +380,20 @@ pub fn render_guard(guard: &crate::fluence::guard::UpstreamGuard) -> String {
 /// failed-authentication limiters. Pruning keeps it bounded however many distinct keys or
 /// addresses have been seen (RELIABILITY G2); this gauge shows that it does.
 pub fn render_limits(limits: &crate::http::limits::RateLimits) -> String {
-    let mut out = Exposition::default();
-    let name = "gateway_rate_limiter_entries";
-    out.family(
-        name,
-        "gauge",
+    render_gauges(&[(
+        "gateway_rate_limiter_entries",
         "Entries held by the keyed rate limiters (per key, per team, failed authentication per address).",
-    );
-    out.sample(name, &[], &limits.tracked().to_string());
-    out.text
+        limits.tracked(),
+    )])
 }
 
 /// Keys held by the in-memory key cache (`auth::cache`), at most its configured size.
 pub fn render_key_cache(keys: &crate::auth::cache::KeyCache) -> String {
-    let mut out = Exposition::default();
-    let name = "gateway_key_cache_entries";
-    out.family(
-        name,
-        "gauge",
+    render_gauges(&[(
+        "gateway_key_cache_entries",
         "Keys checked recently and held in memory, so that their next check reads no database.",
-    );
-    out.sample(name, &[], &keys.len().to_string());
-    out.text
+        keys.len(),
+    )])
 }
 
 /// Times one upstream call; see [`Metrics::start_upstream`].
