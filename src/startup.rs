@@ -93,6 +93,7 @@ pub async fn run(
         jobs: Arc::new(crate::jobs::Jobs::new(&settings.jobs)),
         catalog: Arc::default(),
         catalog_answers: Arc::default(),
+        vm_pages: Arc::default(),
         metrics,
     });
     // Deployments a previous process was sending have an unknown outcome now; the deployer's

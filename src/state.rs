@@ -47,6 +47,8 @@ pub struct Shared {
     pub catalog: Arc<crate::deploy::catalog::CatalogCache>,
     /// The catalog endpoints' last answers from a fresh copy (`http::catalog`).
     pub catalog_answers: Arc<crate::http::catalog::Answers>,
+    /// `GET /v1/vms` pages, kept while the inventory version they were read at stands.
+    pub vm_pages: Arc<crate::http::pages::Pages>,
     /// The process's request and upstream-call counters, served by `GET /metrics`; the
     /// Fluence client above holds the same registry.
     pub metrics: Arc<crate::metrics::Metrics>,

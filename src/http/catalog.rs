@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderName, HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::Serialize;
@@ -242,7 +242,7 @@ where
         .and_then(TimeDelta::try_seconds)
         .unwrap_or(TimeDelta::MAX);
     let generation = match state.catalog_answers.fresh(list, ttl) {
-        Kept::Fresh(body) => return Ok(json_response(body)),
+        Kept::Fresh(body) => return Ok(super::encoded_json(body)),
         Kept::Missing(generation) => generation,
     };
     let cached = {
@@ -281,7 +281,7 @@ where
         state
             .catalog_answers
             .keep(list, generation, entry.fetched_at, body.clone());
-        return Ok(json_response(body));
+        return Ok(super::encoded_json(body));
     }
     let mut response = Json(answer).into_response();
     // RFC 7234's "Response is Stale" warning, for clients that look at headers only.
@@ -290,17 +290,6 @@ where
         HeaderValue::from_static("110 - \"stale\""),
     );
     Ok(response)
-}
-
-fn json_response(body: Bytes) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response()
 }
 
 /// The answers last served from a fresh copy, encoded, so that the next request within the

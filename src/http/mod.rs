@@ -13,6 +13,7 @@ pub mod keys;
 pub mod limits;
 pub mod metrics;
 pub mod page;
+pub mod pages;
 pub mod prices;
 pub mod problem;
 pub mod serve;
@@ -242,6 +243,19 @@ async fn drop_unusable_request_id(
         request.headers_mut().remove(&REQUEST_ID);
     }
     next.run(request).await
+}
+
+/// An answer already encoded as JSON.
+pub(crate) fn encoded_json(body: axum::body::Bytes) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(
+            header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn not_found() -> Problem {

@@ -1,8 +1,10 @@
 //! `/v1/vms`: the inventory, served from SQLite (team-scoped; admins see every VM, unowned ones
 //! included), and the two changes a team may make: rename and ports (`PATCH`), delete.
 
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -160,7 +162,7 @@ async fn list_vms(
     State(state): State<AppState>,
     principal: Principal,
     Query(params): Query<ListVmsParams>,
-) -> Result<axum::Json<List<VmView>>, ApiError> {
+) -> Result<Response, ApiError> {
     let page = Page::parse(params.limit, params.cursor.as_deref())?;
     let owner = match (&principal.team, params.team.as_deref(), params.unowned) {
         (Some(_), _, Some(true)) => return Err(super::teams::not_found()),
@@ -174,21 +176,32 @@ async fn list_vms(
         (None, Some(named), _) => Owner::Team(named),
         (None, None, _) => Owner::Any,
     };
+    let status = params.status.as_deref();
+    let include_deleted = params.include_deleted.unwrap_or(false);
+    // Everything the rows depend on; the key's role only through `owner`.
+    let request = format!(
+        "{owner:?} {status:?} {include_deleted} {:?} {}",
+        page.after, page.limit
+    );
     let mut conn = state.store.pool().acquire().await?;
+    let version = vms::inventory_version(&mut conn).await?;
+    if let Some(body) = state.vm_pages.get(&request, version) {
+        return Ok(super::encoded_json(body));
+    }
     let rows = vms::list(
         &mut conn,
         owner,
-        params.status.as_deref(),
-        params.include_deleted.unwrap_or(false),
+        status,
+        include_deleted,
         page.after.as_deref(),
         page.fetch(),
     )
     .await?;
-    Ok(axum::Json(page.finish(
-        rows,
-        |vm| vm.id.clone(),
-        VmView::of,
-    )))
+    drop(conn);
+    let answer = page.finish(rows, |vm| vm.id.clone(), VmView::of);
+    let body = Bytes::from(serde_json::to_vec(&answer).map_err(ApiError::internal)?);
+    state.vm_pages.keep(request, version, body.clone());
+    Ok(super::encoded_json(body))
 }
 
 fn vm_not_found() -> ApiError {

@@ -485,6 +485,14 @@ pub async fn get(conn: &mut SqliteConnection, id: &str) -> Result<Option<VmRecor
         .transpose()
 }
 
+/// The inventory version: it moves whenever any row of `vms` is written (triggers of migration
+/// `20261203120000`), so an answer read at one version is current while the version stands.
+pub async fn inventory_version(conn: &mut SqliteConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT version FROM inventory_version WHERE id = 1")
+        .fetch_one(conn)
+        .await
+}
+
 /// Whose VMs a listing shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Owner<'a> {

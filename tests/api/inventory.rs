@@ -880,3 +880,95 @@ async fn a_listing_older_than_a_port_update_does_not_restore_the_old_ports() {
     let vm = get_vm(&app, &member, &vms[0]).await;
     assert_eq!(ports(&vm), [22, 80, 443], "{}", vm.text);
 }
+
+/// The names of a VM listing's items, in order.
+fn listed_names(reply: &crate::helpers::Reply) -> Vec<String> {
+    reply.json["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|vm| vm["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// `GET /v1/vms` answers a repeated request from a kept page while the inventory is unchanged:
+/// every write to the VMs, through the API, by the sync, or by another connection to the
+/// database, shows in the next listing, and a kept page is never handed to another caller.
+#[tokio::test]
+async fn a_kept_vm_page_follows_every_write_to_the_inventory() {
+    let app = app(&[]).await;
+    app.create_team("ml", "1000").await;
+    app.create_team("ops", "1000").await;
+    let ml = app.mint_key("ml", "member").await;
+    let ops = app.mint_key("ops", "member").await;
+    let vms = deployed_vms(&app, &ml, "web", 3).await;
+    let list = |key: &str, path: &str| {
+        let (key, path) = (key.to_owned(), path.to_owned());
+        let app = &app;
+        async move { app.call(Method::GET, &path, Some(&key), None).await }
+    };
+    let first = list(&ml, "/v1/vms?limit=2").await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(list(&ml, "/v1/vms?limit=2").await.text, first.text);
+    assert_eq!(
+        listed_names(&list(&ops, "/v1/vms?limit=2").await),
+        Vec::<String>::new()
+    );
+    let cursor = first.json["next_cursor"].as_str().unwrap_or_default();
+    let rest = list(&ml, &format!("/v1/vms?limit=2&cursor={cursor}")).await;
+    assert_eq!(listed_names(&rest).len(), 1, "{}", rest.text);
+
+    // Through the API.
+    let first_id = first.json["items"][0]["id"].as_str().unwrap_or_default();
+    let renamed = app
+        .call(
+            Method::PATCH,
+            &format!("/v1/vms/{first_id}"),
+            Some(&ml),
+            Some(json!({"name": "renamed"})),
+        )
+        .await;
+    assert_eq!(renamed.status, 200, "{}", renamed.text);
+    assert_eq!(
+        listed_names(&list(&ml, "/v1/vms?limit=2").await)[0],
+        "renamed"
+    );
+
+    // By another connection to the database, as another process would.
+    let store = app.store().await;
+    sqlx::query("UPDATE vms SET name = 'from-elsewhere' WHERE id = ?1")
+        .bind(first_id)
+        .execute(store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        listed_names(&list(&ml, "/v1/vms?limit=2").await)[0],
+        "from-elsewhere"
+    );
+
+    // By the sync: a VM deleted at Fluence leaves the listing once Fluence drops it.
+    assert_eq!(listed_names(&list(&ml, "/v1/vms").await).len(), 3);
+    let sim = app.sim.as_ref().unwrap_or_else(|| panic!("no simulator"));
+    let deleted = app
+        .http
+        .delete(format!("{}/vms/v3", sim.base_url()))
+        .header("x-api-key", SIM_KEY)
+        .json(&json!({"vmIds": [vms[2]]}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(deleted.status().is_success());
+    app.run_job("inventory").await;
+    app.sim_post("/_sim/clock", json!({"advance_seconds": 600}))
+        .await;
+    app.run_job("inventory").await;
+    let all = list(&ml, "/v1/vms").await;
+    assert_eq!(listed_names(&all).len(), 2, "{}", all.text);
+    let with_deleted = list(&ml, "/v1/vms?include_deleted=true").await;
+    assert_eq!(
+        listed_names(&with_deleted).len(),
+        3,
+        "{}",
+        with_deleted.text
+    );
+}
