@@ -94,6 +94,9 @@ pub async fn run(
         catalog: Arc::default(),
         catalog_answers: Arc::default(),
         vm_pages: Arc::default(),
+        offer_pages: Arc::new(crate::http::pages::Pages::with_max_age(
+            std::time::Duration::from_secs(5),
+        )),
         metrics,
     });
     // Deployments a previous process was sending have an unknown outcome now; the deployer's

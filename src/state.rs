@@ -49,6 +49,10 @@ pub struct Shared {
     pub catalog_answers: Arc<crate::http::catalog::Answers>,
     /// `GET /v1/vms` pages, kept while the inventory version they were read at stands.
     pub vm_pages: Arc<crate::http::pages::Pages>,
+    /// `GET /v1/offers` answers, kept until the price sampler of this process stores a snapshot,
+    /// and for a few seconds at most (a snapshot stored by another process sharing the
+    /// database shows within that time).
+    pub offer_pages: Arc<crate::http::pages::Pages>,
     /// The process's request and upstream-call counters, served by `GET /metrics`; the
     /// Fluence client above holds the same registry.
     pub metrics: Arc<crate::metrics::Metrics>,

@@ -5,7 +5,9 @@
 //! samples: always a price that was actually offered, and exact in micro-USDC.
 
 use axum::Json;
+use axum::body::Bytes;
 use axum::extract::State;
+use axum::response::Response;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -85,7 +87,7 @@ async fn list_offers(
     State(state): State<AppState>,
     _caller: Principal,
     Query(params): Query<OffersParams>,
-) -> Result<Json<OffersAnswer>, ApiError> {
+) -> Result<Response, ApiError> {
     let mut errors = FieldErrors::default();
     let configuration = slug_filter(&mut errors, "configuration", params.configuration);
     let country = country_filter(&mut errors, params.country);
@@ -105,6 +107,12 @@ async fn list_offers(
         country,
         max_price,
     };
+    let request = format!("{filter:?}");
+    // Read before the snapshot: a sampler run committing meanwhile moves it.
+    let generation = state.offer_pages.generation();
+    if let Some(body) = state.offer_pages.get(&request, generation) {
+        return Ok(super::encoded_json(body));
+    }
     let snapshot = match latest(&state, &filter).await? {
         Some(snapshot) => snapshot,
         None => {
@@ -138,7 +146,11 @@ async fn list_offers(
             sampled_at,
         })
         .collect();
-    Ok(Json(OffersAnswer { sampled_at, items }))
+    let body = Bytes::from(
+        serde_json::to_vec(&OffersAnswer { sampled_at, items }).map_err(ApiError::internal)?,
+    );
+    state.offer_pages.keep(request, generation, body.clone());
+    Ok(super::encoded_json(body))
 }
 
 /// The latest snapshot, read in one transaction so that its time and its rows agree.

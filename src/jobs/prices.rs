@@ -52,6 +52,7 @@ pub async fn sample(state: &AppState) -> Result<(usize, u64), SampleError> {
         None => 0,
     };
     tx.commit().await?;
+    state.offer_pages.forget();
     Ok((samples.len(), purged))
 }
 
