@@ -21,7 +21,7 @@ use super::{BillingMode, SimulatorConfig};
 use crate::domain::ids::VmId;
 use crate::domain::money::Usdc;
 use crate::fluence::types::{
-    CreateVmRequest, CreatedVm, Estimate, OfferConstraints, Port, Protocol, ResourceType,
+    CreateVmRequest, CreatedVm, Estimate, OfferConstraints, Port, Protocol, RawJson, ResourceType,
     RunningInstance, SshKey, VmResource, VmStatus, VmStatusInfo, VmUpdate,
 };
 
@@ -692,8 +692,8 @@ impl State {
                 quantity: (!everywhere).then_some(n),
                 supply: everywhere.then_some(n),
                 units: everywhere.then(|| units.to_owned()),
-                details,
-                metadata,
+                details: RawJson::of(&details),
+                metadata: RawJson::of(&metadata),
             }
         };
         let sized = |kind: ResourceType, n: i64, details: Value, metadata: Value| VmResource {
@@ -701,8 +701,8 @@ impl State {
             quantity: None,
             supply: Some(u64::try_from(n).unwrap_or(0)),
             units: Some("GiB".to_owned()),
-            details,
-            metadata,
+            details: RawJson::of(&details),
+            metadata: RawJson::of(&metadata),
         };
         RunningInstance {
             id: VmId::new(vm.id.clone()),

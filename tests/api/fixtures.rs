@@ -253,7 +253,7 @@ fn vm_list_decodes_launching_active_and_terminated() {
     );
     let amounts: Vec<Option<u64>> = resources.iter().map(|r| r.amount()).collect();
     assert_eq!(amounts, [Some(2), Some(4), Some(45), Some(1)]);
-    assert_eq!(resources[1].details["speed"], 4800);
+    assert_eq!(resources[1].details.value()["speed"], 4800);
 
     let active = &vms[1];
     assert_eq!(active.public_ip.as_deref(), Some("203.0.113.24"));
