@@ -16,14 +16,19 @@ use crate::config::{LogFormat, LogSettings};
 /// Lines are written to stdout by a thread of their own, in batches, so that no request waits
 /// for a write to a slow terminal, pipe or disk (a profile under load had a quarter of the
 /// gateway's time in one `write` per access-log line). None is dropped while the process runs:
-/// a full queue (128k lines) makes loggers wait. The returned guard, dropped as `serve` returns,
+/// a full queue makes loggers wait. The returned guard, dropped as `serve` returns,
 /// lets the writer drain for up to a second (tracing-appender's limit); a line logged after that
 /// (a task that outlived the shutdown grace period) or still queued when the process is killed
 /// outright is lost.
+/// Lines waiting for the writer thread at most. The queue is allocated whole up front (32
+/// bytes a line): tracing-appender's default of 128k lines was 4 MB of the gateway's memory.
+const QUEUED_LINES: usize = 16 * 1024;
+
 #[must_use = "dropping the guard stops the log writer"]
 pub fn init(settings: &LogSettings) -> WorkerGuard {
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(false)
+        .buffered_lines_limit(QUEUED_LINES)
         .finish(BufWriter::new(std::io::stdout()));
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.filter))
