@@ -94,8 +94,11 @@ pub async fn run(
         catalog: Arc::default(),
         catalog_answers: Arc::default(),
         vm_pages: Arc::default(),
+        team_views: Arc::new(crate::http::pages::Pages::with_max_age(
+            Duration::from_secs(settings.auth.key_cache_secs),
+        )),
         offer_pages: Arc::new(crate::http::pages::Pages::with_max_age(
-            std::time::Duration::from_secs(5),
+            Duration::from_secs(5),
         )),
         metrics,
     });

@@ -53,6 +53,10 @@ pub struct Shared {
     /// and for a few seconds at most (a snapshot stored by another process sharing the
     /// database shows within that time).
     pub offer_pages: Arc<crate::http::pages::Pages>,
+    /// `GET /v1/teams/{team}` answers, kept until this process changes a team, and for
+    /// `auth.key_cache_secs` at most (a change by another process sharing the database shows
+    /// within that time, as a revocation does).
+    pub team_views: Arc<crate::http::pages::Pages>,
     /// The process's request and upstream-call counters, served by `GET /metrics`; the
     /// Fluence client above holds the same registry.
     pub metrics: Arc<crate::metrics::Metrics>,

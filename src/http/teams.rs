@@ -1,7 +1,9 @@
 //! `/v1/teams`: teams with their budget and quotas.
 
+use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -465,6 +467,7 @@ async fn create_team(
     )
     .await?;
     tx.commit().await?;
+    state.team_views.forget();
     Ok((StatusCode::CREATED, axum::Json(team.into())))
 }
 
@@ -509,10 +512,21 @@ async fn get_team(
     State(state): State<AppState>,
     principal: Principal,
     Path(team): Path<String>,
-) -> Result<axum::Json<TeamView>, ApiError> {
+) -> Result<Response, ApiError> {
+    if !principal.can_see_team(&team) {
+        return Err(not_found());
+    }
+    // Read before the row: a change committing meanwhile moves it.
+    let generation = state.team_views.generation();
+    if let Some(body) = state.team_views.get(&team, generation) {
+        return Ok(super::encoded_json(body));
+    }
     let mut conn = state.store.pool().acquire().await?;
-    let team = visible_team(&mut conn, &principal, &team).await?;
-    Ok(axum::Json(team.into()))
+    let found = teams::get(&mut conn, &team).await?.ok_or_else(not_found)?;
+    drop(conn);
+    let body = Bytes::from(serde_json::to_vec(&TeamView::from(found)).map_err(ApiError::internal)?);
+    state.team_views.keep(team, generation, body.clone());
+    Ok(super::encoded_json(body))
 }
 
 /// Change a team's name, budget or quotas (audited).
@@ -607,6 +621,7 @@ async fn update_team(
     )
     .await?;
     tx.commit().await?;
+    state.team_views.forget();
     Ok(axum::Json(after.into()))
 }
 
@@ -673,5 +688,6 @@ async fn delete_team(
     // Its keys were revoked with it.
     let _forget = state.keys.forget_all_after();
     tx.commit().await?;
+    state.team_views.forget();
     Ok(StatusCode::NO_CONTENT)
 }

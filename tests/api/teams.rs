@@ -160,6 +160,68 @@ async fn checked_keys_are_cached_and_forgotten_when_their_team_is_deleted() {
     assert_eq!(after.status, 401, "{}", after.text);
 }
 
+/// `GET /v1/teams/{team}` is answered from memory between changes: a change through the
+/// gateway shows on the next read, a deleted team is a 404 at once, another team's key never
+/// gets the kept answer, and with `auth.key_cache_secs` at 0 a change written by another
+/// process shows on the next read too.
+#[tokio::test]
+async fn a_kept_team_view_follows_every_change() {
+    let app = TestApp::spawn().await;
+    app.create_team("ml", "10").await;
+    app.create_team("ops", "10").await;
+    let ml = app.mint_key("ml", "viewer").await;
+    let ops = app.mint_key("ops", "viewer").await;
+    let read = |key: String| {
+        let app = &app;
+        async move {
+            app.call(Method::GET, "/v1/teams/ml", Some(&key), None)
+                .await
+        }
+    };
+    let first = read(ml.clone()).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(read(ml.clone()).await.text, first.text);
+    assert_eq!(read(ops.clone()).await.status, 404);
+    let patched = app
+        .call(
+            Method::PATCH,
+            "/v1/teams/ml",
+            Some(ADMIN_TOKEN),
+            Some(json!({"name": "Renamed", "budget": {"cap": "20"}})),
+        )
+        .await;
+    assert_eq!(patched.status, 200, "{}", patched.text);
+    let after = read(ml.clone()).await;
+    assert_eq!(after.json["name"], "Renamed", "{}", after.text);
+    assert_eq!(after.json["budget"]["cap"], "20", "{}", after.text);
+    let deleted = app
+        .call(Method::DELETE, "/v1/teams/ml", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
+    let gone = app
+        .call(Method::GET, "/v1/teams/ml", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(gone.status, 404, "{}", gone.text);
+
+    let uncached = TestApp::spawn_with_env(&[("GATEWAY__AUTH__KEY_CACHE_SECS", "0")]).await;
+    uncached.create_team("ml", "10").await;
+    let before = uncached
+        .call(Method::GET, "/v1/teams/ml", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(before.json["name"], "Team ml", "{}", before.text);
+    let store = uncached.store().await;
+    let mut tx = store.begin_write().await.unwrap_or_else(|e| panic!("{e}"));
+    sqlx::query("UPDATE teams SET name = 'Elsewhere' WHERE id = 'ml'")
+        .execute(&mut *tx)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tx.commit().await.unwrap_or_else(|e| panic!("{e}"));
+    let after = uncached
+        .call(Method::GET, "/v1/teams/ml", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(after.json["name"], "Elsewhere", "{}", after.text);
+}
+
 #[tokio::test]
 async fn revocation_and_expiry_take_effect_on_the_next_request() {
     let app = TestApp::spawn().await;
