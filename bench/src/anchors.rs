@@ -6,14 +6,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, StatusCode};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Row, SqlitePool};
 use tokio::net::TcpListener;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 /// Rows in the anchor's table; each request reads [`ROWS_PER_READ`] of them.
 const TABLE_ROWS: i64 = 10_000;
@@ -39,6 +41,48 @@ pub async fn hello(listen: SocketAddr) -> Result<(), String> {
         Router::new().route("/", get(|| async { "Hello, World!" })),
     )
     .await
+}
+
+/// Hello, plus what every request to the gateway pays for its access log, set up as the
+/// gateway sets it up (`telemetry.rs`, `http/mod.rs`): a request id, a span with the method, the
+/// matched route and that id, and one JSON line (with the span's fields) when the response is
+/// sent, written to stdout by a thread of its own. The most any endpoint that logs each request
+/// this way can do.
+pub async fn hello_logged(listen: SocketAddr) -> Result<(), String> {
+    let (writer, _guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::BufWriter::new(std::io::stdout()));
+    tracing_subscriber::fmt()
+        .with_writer(writer)
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .json()
+        .flatten_event(true)
+        .with_current_span(true)
+        .with_span_list(false)
+        .try_init()
+        .map_err(|e| format!("logging: {e}"))?;
+    let request_id = HeaderName::from_static("x-request-id");
+    let app = Router::new()
+        .route("/", get(|| async { "Hello, World!" }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request| {
+                    let route = request
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map_or("unmatched", MatchedPath::as_str);
+                    let id = request
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|value| value.to_str().ok())
+                        .unwrap_or_default();
+                    tracing::info_span!("request", method = %request.method(), route, request_id = id)
+                })
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid));
+    serve(listen, app).await
 }
 
 /// A row shaped like an inventory row: a few text columns and a few integers.

@@ -34,6 +34,12 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
     },
+    /// Anchor: the hello server with the gateway's access log (a request id, a span, one JSON
+    /// line per request).
+    HelloLogged {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
     /// Anchor: a naive axum handler reading 100 rows from SQLite with sqlx, as JSON (`/items`),
     /// and one row by primary key (`/item`).
     SqlxRead {
@@ -54,6 +60,9 @@ fn main() -> ExitCode {
         // sizes itself to the CPUs the process may use (one, when pinned).
         Command::Hello { listen } => {
             multi_thread().and_then(|rt| rt.block_on(anchors::hello(listen)))
+        }
+        Command::HelloLogged { listen } => {
+            multi_thread().and_then(|rt| rt.block_on(anchors::hello_logged(listen)))
         }
         Command::SqlxRead { listen, db } => {
             multi_thread().and_then(|rt| rt.block_on(anchors::sqlx_read(listen, db)))

@@ -292,6 +292,12 @@ pub async fn run(options: Options) -> Result<(), String> {
         context.anchor("anchor-hello", &["hello"]),
     )
     .await?;
+    let (hello_logged, hello_logged_addr) = step(
+        "start the logged hello anchor",
+        START_LIMIT,
+        context.anchor("anchor-hello-logged", &["hello-logged"]),
+    )
+    .await?;
     let anchor_db = options.work_dir.join("anchor.db");
     let anchor_db_text = anchor_db.display().to_string();
     let (sqlx_anchor, sqlx_addr) = step(
@@ -365,7 +371,12 @@ pub async fn run(options: Options) -> Result<(), String> {
         "after the price seeding: {}",
         peak_mb(gateway_pid)?
     ));
-    let probes = probes(&context, &base, &keys, &hello_addr, &sqlx_addr).await?;
+    let anchors = Anchors {
+        hello: &hello_addr,
+        hello_logged: &hello_logged_addr,
+        sqlx: &sqlx_addr,
+    };
+    let probes = probes(&context, &base, &keys, &anchors).await?;
     let measured = step(
         "load rounds",
         Duration::from_secs(
@@ -392,6 +403,7 @@ pub async fn run(options: Options) -> Result<(), String> {
     });
     gateway.process.stop().await;
     hello.stop().await;
+    hello_logged.stop().await;
     sqlx_anchor.stop().await;
     simulator.stop().await;
 
@@ -635,12 +647,18 @@ enum Goal {
     Context,
 }
 
+/// Where the anchors listen.
+struct Anchors<'a> {
+    hello: &'a str,
+    hello_logged: &'a str,
+    sqlx: &'a str,
+}
+
 async fn probes(
     context: &Context<'_>,
     base: &str,
     keys: &Keys,
-    hello: &str,
-    sqlx_anchor: &str,
+    anchors: &Anchors<'_>,
 ) -> Result<Vec<Probe>, String> {
     let addr = |text: &str| {
         text.parse::<std::net::SocketAddr>()
@@ -713,7 +731,7 @@ async fn probes(
         Probe {
             what: "anchor: axum \"hello\"".into(),
             target: Target {
-                addr: addr(hello)?,
+                addr: addr(anchors.hello)?,
                 path: "/".into(),
                 bearer: None,
             },
@@ -723,7 +741,7 @@ async fn probes(
         Probe {
             what: "anchor: naive axum + sqlx read of 100 rows as JSON".into(),
             target: Target {
-                addr: addr(sqlx_anchor)?,
+                addr: addr(anchors.sqlx)?,
                 path: "/items".into(),
                 bearer: None,
             },
@@ -733,7 +751,7 @@ async fn probes(
         Probe {
             what: "anchor: axum + sqlx read of 1 row by primary key as JSON".into(),
             target: Target {
-                addr: addr(sqlx_anchor)?,
+                addr: addr(anchors.sqlx)?,
                 path: "/item".into(),
                 bearer: None,
             },
@@ -773,6 +791,38 @@ async fn probes(
             },
         },
     ];
+    // What every request to the gateway pays before its handler does anything: the most a
+    // cached or trivial endpoint can reach.
+    probes.push(Probe {
+        what: "anchor: axum \"hello\" + the gateway's access log (a request id, a span, one JSON line per request, its own writer thread)".into(),
+        target: Target {
+            addr: addr(anchors.hello_logged)?,
+            path: "/".into(),
+            bearer: None,
+        },
+        connections,
+        goal: Goal::Ratio {
+            anchor: 0,
+            ratio: None,
+            p99_under: None,
+            text: "(context: the most an endpoint that logs each request as the gateway does can do)".into(),
+        },
+    });
+    probes.push(Probe {
+        what: "`GET /healthz` (no key, no database: the gateway's whole layer stack and access log around a trivial handler)".into(),
+        target: Target {
+            addr: gateway,
+            path: "/healthz".into(),
+            bearer: None,
+        },
+        connections,
+        goal: Goal::Ratio {
+            anchor: 0,
+            ratio: None,
+            p99_under: None,
+            text: "(context: the most any gateway endpoint can do)".into(),
+        },
+    });
     for list in CATALOG {
         probes.push(Probe {
             what: format!("cached `GET /v1/catalog/{list}`"),
