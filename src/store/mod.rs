@@ -66,13 +66,7 @@ impl Store {
             .busy_timeout(Duration::from_millis(settings.busy_timeout_ms))
             .foreign_keys(true)
             // Bounds the WAL file after checkpoints so it cannot grow without limit.
-            .pragma("journal_size_limit", "67108864")
-            // 512 KiB of page cache per connection instead of SQLite's 2 MB: the pool's eight
-            // connections held 16 MB between them, mostly of pages another connection's commit
-            // had already made stale, and re-reading a page from the OS costs a `pread`. Peak
-            // RSS after two 10 000-VM syncs went from 51.7 to 46.5 MB, under 32 concurrent price
-            // queries from 53 to 44 MB, with sync times within their run-to-run noise.
-            .pragma("cache_size", "-512");
+            .pragma("journal_size_limit", "67108864");
         create_parent_directory(options.get_filename())?;
         let pool = SqlitePoolOptions::new()
             .max_connections(settings.max_connections)
