@@ -647,6 +647,31 @@ enum Goal {
     Context,
 }
 
+/// A row measured beside the hello anchor for context: no target of its own, no key.
+fn beside_hello(
+    what: &str,
+    addr: std::net::SocketAddr,
+    path: &str,
+    connections: usize,
+    context: &str,
+) -> Probe {
+    Probe {
+        what: what.to_owned(),
+        target: Target {
+            addr,
+            path: path.to_owned(),
+            bearer: None,
+        },
+        connections,
+        goal: Goal::Ratio {
+            anchor: 0,
+            ratio: None,
+            p99_under: None,
+            text: format!("(context: {context})"),
+        },
+    }
+}
+
 /// Where the anchors listen.
 struct Anchors<'a> {
     hello: &'a str,
@@ -748,21 +773,13 @@ async fn probes(
             connections,
             goal: Goal::Anchor,
         },
-        Probe {
-            what: "anchor: axum + sqlx read of 1 row by primary key as JSON".into(),
-            target: Target {
-                addr: addr(anchors.sqlx)?,
-                path: "/item".into(),
-                bearer: None,
-            },
+        beside_hello(
+            "anchor: axum + sqlx read of 1 row by primary key as JSON",
+            addr(anchors.sqlx)?,
+            "/item",
             connections,
-            goal: Goal::Ratio {
-                anchor: 0,
-                ratio: None,
-                p99_under: None,
-                text: "(context: the most an endpoint reading SQLite once per request through sqlx can do)".into(),
-            },
-        },
+            "the most an endpoint reading SQLite once per request through sqlx can do",
+        ),
         Probe {
             what: format!(
                 "`GET /v1/vms?limit=100`, {} VMs, stored admin key, rate limiting on",
@@ -793,36 +810,20 @@ async fn probes(
     ];
     // What every request to the gateway pays before its handler does anything: the most a
     // cached or trivial endpoint can reach.
-    probes.push(Probe {
-        what: "anchor: axum \"hello\" + the gateway's access log (a request id, a span, one JSON line per request, its own writer thread)".into(),
-        target: Target {
-            addr: addr(anchors.hello_logged)?,
-            path: "/".into(),
-            bearer: None,
-        },
+    probes.push(beside_hello(
+        "anchor: axum \"hello\" + the gateway's access log (a request id, a span, one JSON line per request, its own writer thread)",
+        addr(anchors.hello_logged)?,
+        "/",
         connections,
-        goal: Goal::Ratio {
-            anchor: 0,
-            ratio: None,
-            p99_under: None,
-            text: "(context: the most an endpoint that logs each request as the gateway does can do)".into(),
-        },
-    });
-    probes.push(Probe {
-        what: "`GET /healthz` (no key, no database: the gateway's whole layer stack and access log around a trivial handler)".into(),
-        target: Target {
-            addr: gateway,
-            path: "/healthz".into(),
-            bearer: None,
-        },
+        "the most an endpoint that logs each request as the gateway does can do",
+    ));
+    probes.push(beside_hello(
+        "`GET /healthz` (no key, no database: the gateway's whole layer stack and access log around a trivial handler)",
+        gateway,
+        "/healthz",
         connections,
-        goal: Goal::Ratio {
-            anchor: 0,
-            ratio: None,
-            p99_under: None,
-            text: "(context: the most any gateway endpoint can do)".into(),
-        },
-    });
+        "the most any gateway endpoint can do",
+    ));
     for list in CATALOG {
         probes.push(Probe {
             what: format!("cached `GET /v1/catalog/{list}`"),
@@ -922,6 +923,13 @@ async fn load_rounds(
                 memory.push(format!("after {}: {}", probe.what, peak_mb(gateway_pid)?));
             }
         }
+        // Later rounds repeat the same requests; what they add is memory not reused.
+        memory.push(format!(
+            "after round {} of {}: {}",
+            round + 1,
+            options.rounds,
+            peak_mb(gateway_pid)?
+        ));
     }
     Ok(measured)
 }
