@@ -8,6 +8,9 @@ use super::money::Usdc;
 /// One billing epoch.
 pub const EPOCH: TimeDelta = TimeDelta::hours(24);
 
+/// [`EPOCH`] in microseconds, for the same rule computed by SQLite (`store::budget`).
+pub const EPOCH_MICROS: i64 = 24 * 3600 * 1_000_000;
+
 /// Fluence moves two epochs of rent at deploy (one charged, one held in reserve), so no deploy
 /// can commit less than this.
 pub const DEPOSIT_EPOCHS: i64 = 2;
@@ -139,6 +142,11 @@ mod tests {
 
     fn five_to_six() -> NaiveTime {
         NaiveTime::from_hms_opt(17, 55, 0).expect("valid time")
+    }
+
+    #[test]
+    fn the_epoch_in_microseconds_is_the_epoch() {
+        assert_eq!(EPOCH.num_microseconds(), Some(EPOCH_MICROS));
     }
 
     #[test]

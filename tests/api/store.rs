@@ -143,3 +143,187 @@ async fn several_processes_opening_a_new_database_at_once_all_succeed() {
         assert!(outcome.is_ok(), "{outcome:?}");
     }
 }
+
+/// A VM as the committed-spend test inserts it: offsets in microseconds from the period's end.
+#[derive(Debug, Clone)]
+struct VmCase {
+    price_micros: i64,
+    next_billing: Option<i64>,
+    expires: Option<i64>,
+    /// 0: its deployment's hold is open; 1: released; 2 and 3: no hold.
+    deployment: u8,
+    deleted: bool,
+}
+
+fn vm_case() -> impl proptest::strategy::Strategy<Value = VmCase> {
+    use proptest::prelude::*;
+    let day = 86_400_000_000_i64;
+    let offset = prop_oneof![
+        -40 * day..40 * day,
+        // On and around whole epochs before the end, where the rounding up matters.
+        (-35_i64..35, -2_i64..=2).prop_map(move |(days, micros)| days * day + micros),
+    ];
+    let price = prop_oneof![
+        8 => 0_i64..20_000_000_000,
+        1 => Just(i64::MAX / 3),
+    ];
+    (
+        price,
+        proptest::option::of(offset.clone()),
+        proptest::option::weighted(0.3, offset),
+        0_u8..4,
+        proptest::bool::weighted(0.2),
+    )
+        .prop_map(
+            |(price_micros, next_billing, expires, deployment, deleted)| VmCase {
+                price_micros,
+                next_billing,
+                expires,
+                deployment,
+                deleted,
+            },
+        )
+}
+
+/// `budget::standing` sums the committed spend in SQL; `billing::committed` is the rule. Over
+/// random inventories (prices, billing times and expiries on both sides of the period's end and
+/// on its epoch boundaries, VMs covered by open holds, deleted VMs, sums that overflow) the two
+/// agree to the micro-USDC, and fail together.
+#[test]
+fn the_committed_spend_summed_in_sql_is_the_billing_rule() {
+    use chrono::{DateTime, TimeDelta, Utc};
+    use fluence_gateway::domain::billing;
+    use fluence_gateway::domain::money::Usdc;
+    use fluence_gateway::store::time::to_db;
+    use fluence_gateway::store::{budget, teams};
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let store = runtime.block_on(store(&dir, 5000));
+    let now: DateTime<Utc> = "2026-03-20T10:00:00Z"
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let period_end: DateTime<Utc> = "2026-04-01T00:00:00Z"
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let team = runtime.block_on(async {
+        let mut conn = store.pool().acquire().await.unwrap_or_else(|e| panic!("{e}"));
+        sqlx::query(
+            "INSERT INTO teams (id, name, budget_cap_micros, alert_thresholds, quotas, created_at, updated_at) \
+             VALUES ('tm', 'tm', 0, '[]', '{}', ?1, ?1)",
+        )
+        .bind(to_db(now))
+        .execute(&mut *conn)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        teams::get(&mut conn, "tm")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("the team was just inserted"))
+    });
+    let at = |offset: i64| period_end + TimeDelta::microseconds(offset);
+
+    let mut runner = TestRunner::new(Config {
+        cases: 96,
+        ..Config::default()
+    });
+    let inventories = proptest::collection::vec(vm_case(), 0..30);
+    let outcome = runner.run(&inventories, |vms| {
+        runtime.block_on(async {
+            let mut conn = store
+                .pool()
+                .acquire()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            for table in ["DELETE FROM vms", "DELETE FROM holds"] {
+                sqlx::query(table)
+                    .execute(&mut *conn)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+            }
+            sqlx::query(
+                "INSERT INTO holds (id, team_id, amount_micros, created_at, released_at) \
+                 VALUES ('d0', 'tm', 5, ?1, NULL), ('d1', 'tm', 7, ?1, ?1)",
+            )
+            .bind(to_db(now))
+            .execute(&mut *conn)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+            for (i, vm) in vms.iter().enumerate() {
+                sqlx::query(
+                    "INSERT INTO vms (id, fluence_id, team_id, deployment_id, name, status, \
+                     price_per_epoch_micros, next_billing_at, expires_at, created_at, deleted_at) \
+                     VALUES (?1, ?1, 'tm', ?2, 'vm', 'Active', ?3, ?4, ?5, ?6, ?7)",
+                )
+                .bind(format!("vm{i}"))
+                .bind(format!("d{}", vm.deployment))
+                .bind(vm.price_micros)
+                .bind(vm.next_billing.map(|o| to_db(at(o))))
+                .bind(vm.expires.map(|o| to_db(at(o))))
+                .bind(to_db(now))
+                .bind(vm.deleted.then(|| to_db(now)))
+                .execute(&mut *conn)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            }
+            let rule = budget::live_vms(&mut conn, "tm")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .iter()
+                .try_fold(Usdc::ZERO, |sum, vm| {
+                    billing::committed(
+                        vm.price_per_epoch,
+                        vm.next_billing_at,
+                        period_end,
+                        vm.expires_at,
+                    )
+                    .and_then(|c| sum.checked_add(c))
+                });
+            let summed = budget::standing(&mut conn, &team, now).await;
+            match (rule, summed) {
+                (Some(rule), Ok(standing)) => {
+                    proptest::prop_assert_eq!(standing.resets_at, period_end);
+                    proptest::prop_assert_eq!(standing.budget.committed, rule);
+                    proptest::prop_assert_eq!(standing.budget.reserved, Usdc::from_micros(5));
+                }
+                (None, Err(error)) => {
+                    proptest::prop_assert!(error.to_string().contains("overflow"), "{error}");
+                }
+                (rule, summed) => {
+                    return Err(TestCaseError::fail(format!(
+                        "the rule says {rule:?}, SQLite says {summed:?}"
+                    )));
+                }
+            }
+            Ok(())
+        })
+    });
+    if let Err(failure) = outcome {
+        panic!("{failure}");
+    }
+
+    // A billing time in any other form would be misread by the arithmetic: refused instead.
+    runtime.block_on(async {
+        let mut conn = store
+            .pool()
+            .acquire()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        sqlx::query(
+            "INSERT INTO vms (id, fluence_id, team_id, name, status, price_per_epoch_micros, \
+             next_billing_at, created_at) VALUES ('odd', 'odd', 'tm', 'vm', 'Active', 1, \
+             '2026-03-30 12:00:00', ?1)",
+        )
+        .bind(to_db(now))
+        .execute(&mut *conn)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let refused = budget::standing(&mut conn, &team, now).await;
+        let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("not a stored timestamp"), "{message}");
+    });
+}
