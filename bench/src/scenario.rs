@@ -55,6 +55,9 @@ pub struct Options {
     /// time (in the work directory's logs), to see where a slow figure goes. It costs time.
     #[arg(long, default_value = "info")]
     pub gateway_log_filter: String,
+    /// Measure only the deployments (about 30 s): for working on the pipeline.
+    #[arg(long)]
+    pub only_deployments: bool,
 }
 
 const SIM_KEY: &str = "bench-sim-key";
@@ -250,26 +253,14 @@ fn read_random(n: usize) -> Result<Vec<u8>, String> {
     Ok(buffer)
 }
 
-pub async fn run(options: Options) -> Result<(), String> {
-    let began = Utc::now();
-    let clock = Instant::now();
-    let _ = std::fs::remove_dir_all(&options.work_dir);
-    std::fs::create_dir_all(options.work_dir.join("logs"))
-        .map_err(|e| format!("{}: {e}", options.work_dir.display()))?;
-    let context = Context {
-        options: &options,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(120))
-            .build()
-            .map_err(|e| e.to_string())?,
-        admin_token: random_token()?,
-        anchor_binary: std::env::current_exe().map_err(|e| e.to_string())?,
-    };
-    let machine = machine::describe();
-    let load_before = machine::load_average();
-    let mut rows = Vec::new();
-    let mut notes = Vec::new();
-
+/// Every figure but the deployments': cold starts, the syncs, the price history and the load
+/// rounds of every read endpoint beside its anchors, and the peak RSS they leave.
+async fn read_paths(
+    context: &Context<'_>,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) -> Result<(), String> {
+    let options = context.options;
     let (simulator, sim) = step(
         "start the simulator",
         START_LIMIT,
@@ -281,7 +272,7 @@ pub async fn run(options: Options) -> Result<(), String> {
     let cold = step(
         "cold starts",
         Duration::from_secs(120),
-        cold_starts(&context, &sim),
+        cold_starts(context, &sim),
     )
     .await?;
     rows.push(cold);
@@ -319,7 +310,7 @@ pub async fn run(options: Options) -> Result<(), String> {
     let keys = step(
         "create keys",
         Duration::from_secs(30),
-        create_keys(&context, &gateway, "bench"),
+        create_keys(context, &gateway, "bench"),
     )
     .await?;
 
@@ -332,7 +323,7 @@ pub async fn run(options: Options) -> Result<(), String> {
     let syncs = step(
         "inventory syncs",
         Duration::from_secs(180),
-        inventory_syncs(&context, &base, &sim, &gateway.db, options.vms),
+        inventory_syncs(context, &base, &sim, &gateway.db, options.vms),
     )
     .await?;
     rows.extend(syncs);
@@ -376,14 +367,14 @@ pub async fn run(options: Options) -> Result<(), String> {
         hello_logged: &hello_logged_addr,
         sqlx: &sqlx_addr,
     };
-    let probes = probes(&context, &base, &keys, &anchors).await?;
+    let probes = probes(context, &base, &keys, &anchors).await?;
     let measured = step(
         "load rounds",
         Duration::from_secs(
             60 + (probes.len() * options.rounds) as u64
                 * (options.warmup_secs + options.measure_secs + 5),
         ),
-        load_rounds(&options, &probes, gateway_pid, &mut memory),
+        load_rounds(options, &probes, gateway_pid, &mut memory),
     )
     .await?;
     rows.extend(load_rows(&probes, &measured));
@@ -406,6 +397,32 @@ pub async fn run(options: Options) -> Result<(), String> {
     hello_logged.stop().await;
     sqlx_anchor.stop().await;
     simulator.stop().await;
+    Ok(())
+}
+
+pub async fn run(options: Options) -> Result<(), String> {
+    let began = Utc::now();
+    let clock = Instant::now();
+    let _ = std::fs::remove_dir_all(&options.work_dir);
+    std::fs::create_dir_all(options.work_dir.join("logs"))
+        .map_err(|e| format!("{}: {e}", options.work_dir.display()))?;
+    let context = Context {
+        options: &options,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| e.to_string())?,
+        admin_token: random_token()?,
+        anchor_binary: std::env::current_exe().map_err(|e| e.to_string())?,
+    };
+    let machine = machine::describe();
+    let load_before = machine::load_average();
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+
+    if !options.only_deployments {
+        read_paths(&context, &mut rows, &mut notes).await?;
+    }
 
     let deploys = step(
         "deployments",
