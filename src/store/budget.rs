@@ -27,11 +27,11 @@ fn overflow(what: &str) -> sqlx::Error {
 /// it inside the transaction whose snapshot the answer must describe (the admission's write
 /// transaction, or one read transaction for a status).
 ///
-/// `committed` is [`billing::committed`] summed over [`live_vms`], computed by SQLite: each
-/// admission reads it inside the write transaction, and returning every live VM as a row took
-/// about 40 % of the statement time of a deployment once a team had 1 500 VMs. The SQL works
-/// in integer microseconds, the precision every stored timestamp has, so it is exact; a test
-/// holds it to the Rust rule over random inventories (`tests/api/store.rs`).
+/// It reads what migration `20261203180000_admission_reads.sql` keeps for it: each live VM's
+/// billing times as integer microseconds in the team's index of live VMs, and the ledger
+/// summed by day. `committed` is [`billing::committed`] summed over [`live_vms`] by SQLite in
+/// integer microseconds, the precision of every stored timestamp, so it is exact; a test holds
+/// it to the Rust rule over random inventories (`tests/api/store.rs`).
 pub async fn standing(
     conn: &mut SqliteConnection,
     team: &Team,
@@ -45,17 +45,9 @@ pub async fn standing(
         .bind(to_db(period_start))
         .bind(to_db(resets_at))
         .bind(resets_at.timestamp_micros())
-        .bind(STORED_TIMESTAMP)
         .bind(billing::EPOCH_MICROS)
         .fetch_one(conn)
         .await?;
-    let unreadable: i64 = row.try_get("unreadable")?;
-    if unreadable > 0 {
-        return Err(sqlx::Error::Decode(
-            format!("{unreadable} live VMs have a billing time that is not a stored timestamp")
-                .into(),
-        ));
-    }
     let overflowing: i64 = row.try_get("overflowing")?;
     if overflowing > 0 {
         return Err(overflow("committed"));
@@ -73,19 +65,15 @@ pub async fn standing(
     })
 }
 
-/// What `to_db` writes, as a GLOB pattern: a row that does not match would be read as a wrong
-/// instant by the arithmetic below, so it is counted and refused instead.
-const STORED_TIMESTAMP: &str = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9][0-9][0-9][0-9]Z";
-
-/// ?1 team, ?2 and ?3 the period's bounds as stored text, ?4 its end in microseconds since the
-/// epoch, ?5 [`STORED_TIMESTAMP`], ?6 one epoch in microseconds.
+/// ?1 team, ?2 and ?3 the period's bounds as stored text (both at midnight UTC), ?4 its end in
+/// microseconds since 1970, ?5 one epoch in microseconds.
 ///
-/// - `spent`: the team's charges in the period, except charges of VMs whose deployment still
-///   holds its commitment: that hold already covers the charge at deploy (and every later one),
-///   as `live` leaves such VMs out of `committed`. Counting both made a team whose first VMs
-///   were listed and charged a moment before their hold settled look short by those charges,
-///   refusing a deploy its cap fits (RELIABILITY C2, two processes: one's inventory sync between
-///   the other's admissions).
+/// - `spent`: the team's charges in the period (the days of `ledger_daily`), less the charges
+///   of VMs whose deployment still holds its commitment: that hold already covers the charge
+///   at deploy (and every later one), as `live` leaves such VMs out of `committed`. Counting
+///   both made a team whose first VMs were listed and charged a moment before their hold
+///   settled look short by those charges, refusing a deploy its cap fits (RELIABILITY C2, two
+///   processes: one's inventory sync between the other's admissions).
 /// - `committed`: for each of [`live_vms`] with a next billing time `next`, its price times the
 ///   billing instants `next + k * epoch` before `end` (the period's end, or the VM's expiry if
 ///   sooner): `ceil((end - next) / epoch)` when `next < end`, none otherwise. A product that
@@ -93,34 +81,26 @@ const STORED_TIMESTAMP: &str = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9]
 /// - `reserved`: the team's open holds.
 const STANDING: &str = "\
 WITH live AS ( \
-  SELECT v.price_per_epoch_micros AS price, \
-    unixepoch(substr(v.next_billing_at, 1, 19)) * 1000000 \
-      + CAST(substr(v.next_billing_at, 21, 6) AS INTEGER) AS next_us, \
-    CASE WHEN v.expires_at IS NULL THEN ?4 ELSE min(?4, \
-      unixepoch(substr(v.expires_at, 1, 19)) * 1000000 \
-        + CAST(substr(v.expires_at, 21, 6) AS INTEGER)) END AS end_us, \
-    v.next_billing_at NOT GLOB ?5 OR (v.expires_at IS NOT NULL AND v.expires_at NOT GLOB ?5) \
-      AS malformed \
+  SELECT v.price_per_epoch_micros AS price, v.next_billing_us AS next_us, \
+    min(?4, COALESCE(v.expires_us, ?4)) AS end_us \
   FROM vms v \
-  WHERE v.team_id = ?1 AND v.deleted_at IS NULL AND v.next_billing_at IS NOT NULL \
-    AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.id = v.deployment_id AND h.released_at IS NULL)), \
+  WHERE v.team_id = ?1 AND v.deleted_at IS NULL AND v.next_billing_us IS NOT NULL \
+    AND (v.deployment_id IS NULL \
+      OR v.deployment_id NOT IN (SELECT id FROM holds WHERE released_at IS NULL))), \
 due AS ( \
-  SELECT price, malformed OR next_us IS NULL OR end_us IS NULL AS unreadable, \
-    CASE WHEN next_us < end_us THEN (end_us - next_us + ?6 - 1) / ?6 ELSE 0 END AS instants \
+  SELECT price, CASE WHEN next_us < end_us THEN (end_us - next_us + ?5 - 1) / ?5 ELSE 0 END AS instants \
   FROM live), \
 priced AS ( \
-  SELECT unreadable, instants > 0 AND price > 9223372036854775807 / instants AS overflowing, \
-    price, instants \
+  SELECT price, instants, instants > 0 AND price > 9223372036854775807 / instants AS overflowing \
   FROM due) \
 SELECT \
-  (SELECT COALESCE(SUM(l.amount_micros), 0) FROM ledger l \
-   WHERE l.team_id = ?1 AND l.at >= ?2 AND l.at < ?3 AND NOT EXISTS \
-     (SELECT 1 FROM vms v JOIN holds h ON h.id = v.deployment_id \
-      WHERE v.id = l.vm_id AND h.released_at IS NULL)) AS spent, \
-  COALESCE(SUM(CASE WHEN unreadable OR overflowing THEN 0 ELSE price * instants END), 0) \
-    AS committed, \
-  COALESCE(SUM(unreadable), 0) AS unreadable, \
-  COALESCE(SUM(overflowing AND NOT unreadable), 0) AS overflowing, \
+  (SELECT COALESCE(SUM(amount_micros), 0) FROM ledger_daily \
+   WHERE team_id = ?1 AND day >= substr(?2, 1, 10) AND day < substr(?3, 1, 10)) \
+  - (SELECT COALESCE(SUM(l.amount_micros), 0) FROM holds h \
+     JOIN vms v ON v.deployment_id = h.id JOIN ledger l ON l.vm_id = v.id \
+     WHERE h.released_at IS NULL AND l.team_id = ?1 AND l.at >= ?2 AND l.at < ?3) AS spent, \
+  COALESCE(SUM(CASE WHEN overflowing THEN 0 ELSE price * instants END), 0) AS committed, \
+  COALESCE(SUM(overflowing), 0) AS overflowing, \
   (SELECT COALESCE(SUM(amount_micros), 0) FROM holds \
    WHERE team_id = ?1 AND released_at IS NULL) AS reserved \
 FROM priced";

@@ -379,7 +379,8 @@ pub async fn usage(conn: &mut SqliteConnection, team_id: &str) -> Result<Usage, 
            SELECT count(*) AS vms, COALESCE(SUM(v.vcpus), 0) AS vcpus, \
              COALESCE(SUM(v.ram_gib), 0) AS ram_gib, COALESCE(SUM(v.storage_gib), 0) AS storage_gib \
            FROM vms v WHERE v.team_id = ?1 AND v.deleted_at IS NULL \
-             AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.id = v.deployment_id AND h.released_at IS NULL)), \
+             AND (v.deployment_id IS NULL \
+               OR v.deployment_id NOT IN (SELECT id FROM holds WHERE released_at IS NULL))), \
          held AS ( \
            SELECT COALESCE(SUM(d.instances), 0) AS vms, COALESCE(SUM(d.instances * d.vcpus), 0) AS vcpus, \
              COALESCE(SUM(d.instances * d.ram_gib), 0) AS ram_gib, \

@@ -144,7 +144,7 @@ async fn several_processes_opening_a_new_database_at_once_all_succeed() {
     }
 }
 
-/// A VM as the committed-spend test inserts it: offsets in microseconds from the period's end.
+/// A VM as the standing test inserts it: offsets in microseconds from the period's end.
 #[derive(Debug, Clone)]
 struct VmCase {
     price_micros: i64,
@@ -155,22 +155,38 @@ struct VmCase {
     deleted: bool,
 }
 
+/// A charge: which VM (modulo their number), when (from the period's end), how much, and to
+/// whom: 0 the team, 1 another team, 2 nobody (an unowned VM).
+#[derive(Debug, Clone)]
+struct ChargeCase {
+    vm: usize,
+    at: i64,
+    amount_micros: i64,
+    owner: u8,
+}
+
+const DAY_MICROS: i64 = 86_400_000_000;
+
+/// Offsets around the period's end and its start (31 days before it, in March), on and beside
+/// whole days, where the rounding up and the day sums matter.
+fn offset() -> impl proptest::strategy::Strategy<Value = i64> {
+    use proptest::prelude::*;
+    prop_oneof![
+        -40 * DAY_MICROS..40 * DAY_MICROS,
+        (-35_i64..35, -2_i64..=2).prop_map(|(days, micros)| days * DAY_MICROS + micros),
+    ]
+}
+
 fn vm_case() -> impl proptest::strategy::Strategy<Value = VmCase> {
     use proptest::prelude::*;
-    let day = 86_400_000_000_i64;
-    let offset = prop_oneof![
-        -40 * day..40 * day,
-        // On and around whole epochs before the end, where the rounding up matters.
-        (-35_i64..35, -2_i64..=2).prop_map(move |(days, micros)| days * day + micros),
-    ];
     let price = prop_oneof![
         8 => 0_i64..20_000_000_000,
         1 => Just(i64::MAX / 3),
     ];
     (
         price,
-        proptest::option::of(offset.clone()),
-        proptest::option::weighted(0.3, offset),
+        proptest::option::of(offset()),
+        proptest::option::weighted(0.3, offset()),
         0_u8..4,
         proptest::bool::weighted(0.2),
     )
@@ -185,12 +201,26 @@ fn vm_case() -> impl proptest::strategy::Strategy<Value = VmCase> {
         )
 }
 
-/// `budget::standing` sums the committed spend in SQL; `billing::committed` is the rule. Over
-/// random inventories (prices, billing times and expiries on both sides of the period's end and
-/// on its epoch boundaries, VMs covered by open holds, deleted VMs, sums that overflow) the two
-/// agree to the micro-USDC, and fail together.
+fn charge_case() -> impl proptest::strategy::Strategy<Value = ChargeCase> {
+    use proptest::prelude::*;
+    (0_usize..64, offset(), 1_i64..10_000_000_000, 0_u8..3).prop_map(
+        |(vm, at, amount_micros, owner)| ChargeCase {
+            vm,
+            at,
+            amount_micros,
+            owner,
+        },
+    )
+}
+
+/// `budget::standing` sums a team's spend, commitment and holds in SQL from what the database
+/// keeps for it (billing times in microseconds, charges by day); `billing::committed` and the
+/// ledger are the truth. Over random inventories (prices, billing times, expiries and charges
+/// on both sides of the period's bounds and on day boundaries, VMs covered by open holds,
+/// deleted VMs, other teams' and unowned charges, sums that overflow) the two agree to the
+/// micro-USDC, and fail together.
 #[test]
-fn the_committed_spend_summed_in_sql_is_the_billing_rule() {
+fn a_budget_standing_summed_in_sql_is_the_billing_rule_and_the_ledger() {
     use chrono::{DateTime, TimeDelta, Utc};
     use fluence_gateway::domain::billing;
     use fluence_gateway::domain::money::Usdc;
@@ -207,70 +237,114 @@ fn the_committed_spend_summed_in_sql_is_the_billing_rule() {
     let now: DateTime<Utc> = "2026-03-20T10:00:00Z"
         .parse()
         .unwrap_or_else(|e| panic!("{e}"));
+    let period_start: DateTime<Utc> = "2026-03-01T00:00:00Z"
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}"));
     let period_end: DateTime<Utc> = "2026-04-01T00:00:00Z"
         .parse()
         .unwrap_or_else(|e| panic!("{e}"));
-    let team = runtime.block_on(async {
-        let mut conn = store.pool().acquire().await.unwrap_or_else(|e| panic!("{e}"));
-        sqlx::query(
-            "INSERT INTO teams (id, name, budget_cap_micros, alert_thresholds, quotas, created_at, updated_at) \
-             VALUES ('tm', 'tm', 0, '[]', '{}', ?1, ?1)",
-        )
-        .bind(to_db(now))
-        .execute(&mut *conn)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-        teams::get(&mut conn, "tm")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"))
-            .unwrap_or_else(|| panic!("the team was just inserted"))
-    });
     let at = |offset: i64| period_end + TimeDelta::microseconds(offset);
-
-    let mut runner = TestRunner::new(Config {
-        cases: 96,
-        ..Config::default()
-    });
-    let inventories = proptest::collection::vec(vm_case(), 0..30);
-    let outcome = runner.run(&inventories, |vms| {
-        runtime.block_on(async {
+    let add_team = |id: String| {
+        let store = &store;
+        async move {
             let mut conn = store
                 .pool()
                 .acquire()
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
-            for table in ["DELETE FROM vms", "DELETE FROM holds"] {
-                sqlx::query(table)
-                    .execute(&mut *conn)
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
-            }
             sqlx::query(
-                "INSERT INTO holds (id, team_id, amount_micros, created_at, released_at) \
-                 VALUES ('d0', 'tm', 5, ?1, NULL), ('d1', 'tm', 7, ?1, ?1)",
+                "INSERT INTO teams (id, name, budget_cap_micros, alert_thresholds, quotas, created_at, updated_at) \
+                 VALUES (?1, ?1, 0, '[]', '{}', ?2, ?2)",
             )
+            .bind(&id)
             .bind(to_db(now))
             .execute(&mut *conn)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+            teams::get(&mut conn, &id)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .unwrap_or_else(|| panic!("the team was just inserted"))
+        }
+    };
+    runtime.block_on(add_team("other".into()));
+
+    let mut runner = TestRunner::new(Config {
+        cases: 96,
+        ..Config::default()
+    });
+    let inventories = (
+        proptest::collection::vec(vm_case(), 0..30),
+        proptest::collection::vec(charge_case(), 0..40),
+    );
+    let case = std::sync::atomic::AtomicUsize::new(0);
+    let outcome = runner.run(&inventories, |(vms, charges)| {
+        // The ledger is append-only: each case is a team of its own.
+        let team_id = format!(
+            "t{}",
+            case.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        runtime.block_on(async {
+            let team = add_team(team_id.clone()).await;
+            let mut tx = store.begin_write().await.unwrap_or_else(|e| panic!("{e}"));
+            sqlx::query(
+                "INSERT INTO holds (id, team_id, amount_micros, created_at, released_at) \
+                 VALUES (?1 || '-d0', ?1, 5, ?2, NULL), (?1 || '-d1', ?1, 7, ?2, ?2)",
+            )
+            .bind(&team_id)
+            .bind(to_db(now))
+            .execute(&mut *tx)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
             for (i, vm) in vms.iter().enumerate() {
                 sqlx::query(
                     "INSERT INTO vms (id, fluence_id, team_id, deployment_id, name, status, \
                      price_per_epoch_micros, next_billing_at, expires_at, created_at, deleted_at) \
-                     VALUES (?1, ?1, 'tm', ?2, 'vm', 'Active', ?3, ?4, ?5, ?6, ?7)",
+                     VALUES (?1, ?1, ?2, ?3, 'vm', 'Active', ?4, ?5, ?6, ?7, ?8)",
                 )
-                .bind(format!("vm{i}"))
-                .bind(format!("d{}", vm.deployment))
+                .bind(format!("{team_id}-vm{i}"))
+                .bind(&team_id)
+                .bind(format!("{team_id}-d{}", vm.deployment))
                 .bind(vm.price_micros)
                 .bind(vm.next_billing.map(|o| to_db(at(o))))
                 .bind(vm.expires.map(|o| to_db(at(o))))
                 .bind(to_db(now))
                 .bind(vm.deleted.then(|| to_db(now)))
-                .execute(&mut *conn)
+                .execute(&mut *tx)
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
             }
-            let rule = budget::live_vms(&mut conn, "tm")
+            let mut spent = 0_i64;
+            for charge in charges.iter().filter(|_| !vms.is_empty()) {
+                let vm = charge.vm % vms.len();
+                let owner = match charge.owner {
+                    0 => Some(team_id.as_str()),
+                    1 => Some("other"),
+                    _ => None,
+                };
+                let when = at(charge.at);
+                sqlx::query(
+                    "INSERT INTO ledger (vm_id, team_id, amount_micros, at) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .bind(format!("{team_id}-vm{vm}"))
+                .bind(owner)
+                .bind(charge.amount_micros)
+                .bind(to_db(when))
+                .execute(&mut *tx)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+                if charge.owner == 0
+                    && when >= period_start
+                    && when < period_end
+                    && vms[vm].deployment != 0
+                {
+                    spent += charge.amount_micros;
+                }
+            }
+            tx.commit().await.unwrap_or_else(|e| panic!("{e}"));
+
+            let mut conn = store.pool().acquire().await.unwrap_or_else(|e| panic!("{e}"));
+            let rule = budget::live_vms(&mut conn, &team_id)
                 .await
                 .unwrap_or_else(|e| panic!("{e}"))
                 .iter()
@@ -286,8 +360,10 @@ fn the_committed_spend_summed_in_sql_is_the_billing_rule() {
             let summed = budget::standing(&mut conn, &team, now).await;
             match (rule, summed) {
                 (Some(rule), Ok(standing)) => {
+                    proptest::prop_assert_eq!(standing.period_start, period_start);
                     proptest::prop_assert_eq!(standing.resets_at, period_end);
                     proptest::prop_assert_eq!(standing.budget.committed, rule);
+                    proptest::prop_assert_eq!(standing.budget.spent, Usdc::from_micros(spent));
                     proptest::prop_assert_eq!(standing.budget.reserved, Usdc::from_micros(5));
                 }
                 (None, Err(error)) => {
@@ -305,25 +381,52 @@ fn the_committed_spend_summed_in_sql_is_the_billing_rule() {
     if let Err(failure) = outcome {
         panic!("{failure}");
     }
+}
 
-    // A billing time in any other form would be misread by the arithmetic: refused instead.
-    runtime.block_on(async {
-        let mut conn = store
-            .pool()
-            .acquire()
+/// The billing times are kept as integers by triggers, which refuse a time in any other form
+/// than the gateway writes: the arithmetic would misread it.
+#[tokio::test]
+async fn a_vm_billing_time_in_another_form_is_refused() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let store = store(&dir, 5000).await;
+    let pool = store.pool();
+    sqlx::query(
+        "INSERT INTO vms (id, fluence_id, name, status, price_per_epoch_micros, next_billing_at, \
+         expires_at, created_at) VALUES ('ok', 'ok', 'vm', 'Active', 1, \
+         '2026-03-30T12:00:00.000001Z', NULL, '2026-03-01T00:00:00.000000Z')",
+    )
+    .execute(pool)
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let kept: (Option<i64>, Option<i64>) =
+        sqlx::query_as("SELECT next_billing_us, expires_us FROM vms WHERE id = 'ok'")
+            .fetch_one(pool)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        sqlx::query(
-            "INSERT INTO vms (id, fluence_id, team_id, name, status, price_per_epoch_micros, \
-             next_billing_at, created_at) VALUES ('odd', 'odd', 'tm', 'vm', 'Active', 1, \
-             '2026-03-30 12:00:00', ?1)",
-        )
-        .bind(to_db(now))
-        .execute(&mut *conn)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-        let refused = budget::standing(&mut conn, &team, now).await;
+    assert_eq!(kept, (Some(1_774_872_000_000_001), None));
+
+    for (column, value) in [
+        ("next_billing_at", "2026-03-30 12:00:00"),
+        ("next_billing_at", "2026-03-30T12:00:00Z"),
+        ("expires_at", "2026-13-30T12:00:00.000000Z"),
+        ("expires_at", "soon"),
+    ] {
+        let insert = format!(
+            "INSERT INTO vms (id, fluence_id, name, status, price_per_epoch_micros, {column}, \
+             created_at) VALUES ('odd', 'odd', 'vm', 'Active', 1, ?1, '2026-03-01T00:00:00.000000Z')"
+        );
+        let refused = sqlx::query(&insert).bind(value).execute(pool).await;
         let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(message.contains("not a stored timestamp"), "{message}");
-    });
+        assert!(
+            message.contains("must be stored timestamps"),
+            "{column} = {value}: {message}"
+        );
+        let update = format!("UPDATE vms SET {column} = ?1 WHERE id = 'ok'");
+        let refused = sqlx::query(&update).bind(value).execute(pool).await;
+        let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            message.contains("must be stored timestamps"),
+            "{column} = {value}: {message}"
+        );
+    }
 }
