@@ -16,7 +16,7 @@ UPDATE vms SET
     expires_us = CASE WHEN expires_at GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9][0-9][0-9][0-9]Z'
         THEN unixepoch(substr(expires_at, 1, 19)) * 1000000 + CAST(substr(expires_at, 21, 6) AS INTEGER) END;
 
-CREATE TRIGGER vms_billing_us_on_insert AFTER INSERT ON vms
+CREATE TRIGGER vms_billing_us_on_update AFTER UPDATE OF next_billing_at, expires_at ON vms
 BEGIN
     SELECT RAISE(ABORT, 'vms: next_billing_at and expires_at must be stored timestamps')
     WHERE (NEW.next_billing_at IS NOT NULL AND (NEW.next_billing_at NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9][0-9][0-9][0-9]Z'
@@ -29,17 +29,11 @@ BEGIN
     WHERE id = NEW.id;
 END;
 
-CREATE TRIGGER vms_billing_us_on_update AFTER UPDATE OF next_billing_at, expires_at ON vms
+-- SQLite has no trigger for INSERT and UPDATE at once: a new row's billing times are written
+-- onto themselves, which runs the trigger above.
+CREATE TRIGGER vms_billing_us_on_insert AFTER INSERT ON vms
 BEGIN
-    SELECT RAISE(ABORT, 'vms: next_billing_at and expires_at must be stored timestamps')
-    WHERE (NEW.next_billing_at IS NOT NULL AND (NEW.next_billing_at NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9][0-9][0-9][0-9]Z'
-                OR unixepoch(substr(NEW.next_billing_at, 1, 19)) IS NULL))
-       OR (NEW.expires_at IS NOT NULL AND (NEW.expires_at NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9][0-9][0-9][0-9]Z'
-                OR unixepoch(substr(NEW.expires_at, 1, 19)) IS NULL));
-    UPDATE vms SET
-        next_billing_us = unixepoch(substr(NEW.next_billing_at, 1, 19)) * 1000000 + CAST(substr(NEW.next_billing_at, 21, 6) AS INTEGER),
-        expires_us = unixepoch(substr(NEW.expires_at, 1, 19)) * 1000000 + CAST(substr(NEW.expires_at, 21, 6) AS INTEGER)
-    WHERE id = NEW.id;
+    UPDATE vms SET next_billing_at = NEW.next_billing_at WHERE id = NEW.id;
 END;
 
 -- A team's live VMs with everything the commitment and the quota usage read, so that both are
