@@ -10,6 +10,8 @@
 ALTER TABLE vms ADD COLUMN next_billing_us INTEGER;
 ALTER TABLE vms ADD COLUMN expires_us INTEGER;
 
+-- Rows already stored. The gateway has only ever written the one form; a row in any other would
+-- be left without the integer (not billed) rather than stop every later start at this migration.
 UPDATE vms SET
     next_billing_us = CASE WHEN next_billing_at GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]T[0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9][0-9][0-9][0-9]Z'
         THEN unixepoch(substr(next_billing_at, 1, 19)) * 1000000 + CAST(substr(next_billing_at, 21, 6) AS INTEGER) END,
