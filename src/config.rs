@@ -168,6 +168,9 @@ pub struct JobSettings {
     pub reaper_interval_secs: u64,
     pub webhooks_interval_secs: u64,
     pub deployer_concurrency: u32,
+    /// Whether a submitted deployment wakes the deploy worker at once, instead of waiting for
+    /// its next scheduled run.
+    pub deployer_on_submit: bool,
     pub price_recheck_secs: u64,
     pub reconcile_grace_secs: u64,
     pub billing_guard_secs: u64,

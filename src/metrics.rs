@@ -368,12 +368,38 @@ pub fn render_guard(guard: &crate::fluence::guard::UpstreamGuard) -> String {
 
 /// Gauges without labels, each `(name, help, value)`.
 fn render_gauges(gauges: &[(&str, &str, usize)]) -> String {
+    render_plain("gauge", gauges)
+}
+
+/// Families of one unlabelled sample each, of one type.
+fn render_plain<T: std::fmt::Display>(kind: &str, samples: &[(&str, &str, T)]) -> String {
     let mut out = Exposition::default();
-    for (name, help, value) in gauges {
-        out.family(name, "gauge", help);
+    for (name, help, value) in samples {
+        out.family(name, kind, help);
         out.sample(name, &[], &value.to_string());
     }
     out.text
+}
+
+/// The admission step's batches (`deploy::admissions`): decisions over batches is the mean
+/// batch size, how many admissions shared each write transaction.
+pub fn render_admissions(admissions: &crate::deploy::admissions::Admissions) -> String {
+    let (batches, decisions) = admissions.counts();
+    render_plain(
+        "counter",
+        &[
+            (
+                "gateway_admission_batches_total",
+                "Write transactions in which the deploy worker decided admissions.",
+                batches,
+            ),
+            (
+                "gateway_admission_decisions_total",
+                "Admissions decided (admitted or rejected) in those transactions.",
+                decisions,
+            ),
+        ],
+    )
 }
 
 /// The keyed rate limiters' state: entries held across the per-key, per-team and

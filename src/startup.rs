@@ -94,6 +94,8 @@ pub async fn run(
         catalog: Arc::default(),
         catalog_answers: Arc::default(),
         vm_pages: Arc::default(),
+        admissions: Default::default(),
+        deployer_wake: Default::default(),
         team_views: Arc::new(crate::http::pages::Pages::with_max_age(
             Duration::from_secs(settings.auth.key_cache_secs),
         )),

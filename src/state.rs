@@ -45,6 +45,10 @@ pub struct Shared {
     pub upstream_probe: Arc<tokio::sync::Mutex<Option<ProbeOutcome>>>,
     pub jobs: Arc<crate::jobs::Jobs>,
     pub catalog: Arc<crate::deploy::catalog::CatalogCache>,
+    /// Deployments waiting to be admitted, decided a batch at a time (`deploy::admissions`).
+    pub admissions: crate::deploy::admissions::Admissions,
+    /// Wakes the deploy worker when a deployment is submitted.
+    pub deployer_wake: crate::jobs::deployer::Wake,
     /// The catalog endpoints' last answers from a fresh copy (`http::catalog`).
     pub catalog_answers: Arc<crate::http::catalog::Answers>,
     /// `GET /v1/vms` pages, kept while the inventory version they were read at stands.

@@ -3,6 +3,7 @@
 //! forwarded before the one deploy call, and settled from Fluence's own list whenever the
 //! answer is lost. Nothing here ever sends a deploy twice.
 
+pub mod admissions;
 pub mod catalog;
 pub mod reconcile;
 pub mod spec;
@@ -22,6 +23,9 @@ pub enum StepError {
     Store(#[from] StoreError),
     #[error("upstream: {0}")]
     Upstream(#[from] FluenceError),
+    /// The admission batch it waited in failed (its error is logged once, by the batch).
+    #[error("admission: {0}")]
+    Batch(String),
     #[error("deployment {0}: its stored request does not decode: {1}")]
     Spec(String, String),
 }

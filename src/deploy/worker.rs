@@ -17,9 +17,8 @@ use crate::fluence::FluenceError;
 use crate::fluence::types::Estimate;
 use crate::state::AppState;
 use crate::store::audit::{self, NewAuditEntry};
-use crate::store::budget::{self, Standing};
+use crate::store::budget::Standing;
 use crate::store::deployments::{self, Changes, Deployment, NewVm};
-use crate::store::teams;
 use crate::store::time::now;
 
 /// More steps than any way through the states takes (queued, estimating, admitted, deploying).
@@ -152,10 +151,24 @@ pub(crate) async fn finish(
     code: &str,
     reason: Value,
 ) -> Result<bool, StepError> {
-    let at = now();
     let mut tx = state.store.begin_write().await?;
+    let moved = finish_in(&mut tx, deployment, from, to, code, reason, now()).await?;
+    tx.commit().await?;
+    Ok(moved)
+}
+
+/// [`finish`] inside the caller's transaction.
+pub(crate) async fn finish_in(
+    conn: &mut sqlx::SqliteConnection,
+    deployment: &Deployment,
+    from: &[Status],
+    to: Status,
+    code: &str,
+    reason: Value,
+    at: DateTime<Utc>,
+) -> Result<bool, StepError> {
     let moved = deployments::transition(
-        &mut tx,
+        &mut *conn,
         &deployment.id,
         from,
         to,
@@ -168,9 +181,9 @@ pub(crate) async fn finish(
     )
     .await?;
     if moved {
-        deployments::release_hold(&mut tx, &deployment.id, at).await?;
+        deployments::release_hold(&mut *conn, &deployment.id, at).await?;
         audit_step(
-            &mut tx,
+            conn,
             deployment,
             &format!("deployment.{to}"),
             json!({"status": to, "reason_code": code, "reason": reason}),
@@ -178,7 +191,6 @@ pub(crate) async fn finish(
         )
         .await?;
     }
-    tx.commit().await?;
     Ok(moved)
 }
 
@@ -378,171 +390,10 @@ async fn estimate_and_admit(
             return Ok(Status::Rejected);
         }
     }
-    admit(state, deployment, &spec, &estimate).await
-}
-
-/// The admission: budget, quotas and the hold in one `BEGIN IMMEDIATE` transaction, so that
-/// concurrent deployments of a team serialise on the database and never admit more than fits.
-async fn admit(
-    state: &AppState,
-    deployment: &Deployment,
-    spec: &Spec,
-    estimate: &Estimate,
-) -> Result<Status, StepError> {
-    let guard = TimeDelta::seconds(
-        i64::try_from(state.settings.jobs.billing_guard_secs).unwrap_or(i64::MAX),
-    );
-    let price = estimate.max_price_per_epoch;
-    // The seeded race of the test builds: decide on a snapshot read outside the write
-    // transaction, then write later. The C1 test must catch it.
-    let check_then_act = state.settings.failpoints.is_set("admission.check_then_act");
-    let mut early: Option<(Decision, i64)> = None;
-    if check_then_act {
-        let mut read = state.store.pool().begin().await?;
-        early = decision_in(&mut read, deployment, spec, price, guard).await?;
-        read.rollback().await?;
-        state
-            .settings
-            .failpoints
-            .hit("admission.check_then_act")
-            .await;
-    }
-    let at = now();
-    let mut tx = state.store.begin_write().await?;
-    let decided = match early {
-        Some(decided) => Some(decided),
-        None => decision_in(&mut tx, deployment, spec, price, guard).await?,
-    };
-    let Some((decision, epochs)) = decided else {
-        drop(tx);
-        let reason = json!({"code": "team_deleted", "message": "the team was deleted"});
-        finish(
-            state,
-            deployment,
-            &[Status::Estimating],
-            Status::Rejected,
-            "team_deleted",
-            reason,
-        )
-        .await?;
-        return Ok(Status::Rejected);
-    };
-    if decision.admitted() {
-        let moved = deployments::transition(
-            &mut tx,
-            &deployment.id,
-            &[Status::Estimating],
-            Status::Admitted,
-            Changes {
-                estimate: Some(estimate_json(estimate)),
-                max_price: Some(price),
-                commitment: Some(decision.commitment),
-                epochs: Some(epochs),
-                ..Changes::default()
-            },
-            at,
-        )
-        .await?;
-        if !moved {
-            // Cancelled (or taken by another worker) meanwhile: nothing is held.
-            return Ok(Status::Estimating);
-        }
-        deployments::insert_hold(
-            &mut tx,
-            &deployment.id,
-            &deployment.team_id,
-            decision.commitment,
-            at,
-        )
-        .await?;
-        audit_step(
-            &mut tx,
-            deployment,
-            "deployment.admit",
-            json!({"status": "admitted", "commitment": decision.commitment.to_string(),
-                   "max_price_per_epoch": price.to_string(), "epochs": epochs}),
-            at,
-        )
-        .await?;
-        tx.commit().await?;
-        state
-            .settings
-            .failpoints
-            .hit("admission.after_commit")
-            .await;
-        Ok(Status::Admitted)
-    } else {
-        let refusals = refusals_json(&decision);
-        let code = decision
-            .refusals
-            .first()
-            .map_or("rejected", |r| r.code())
-            .to_owned();
-        let message = decision
-            .refusals
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; ");
-        let reason = json!({"code": code, "message": message, "refusals": refusals,
-                            "commitment": decision.commitment.to_string()});
-        let moved = deployments::transition(
-            &mut tx,
-            &deployment.id,
-            &[Status::Estimating],
-            Status::Rejected,
-            Changes {
-                estimate: Some(estimate_json(estimate)),
-                max_price: Some(price),
-                epochs: Some(epochs),
-                reason: Some((code.clone(), reason.clone())),
-                settled_at: Some(at),
-                ..Changes::default()
-            },
-            at,
-        )
-        .await?;
-        if moved {
-            audit_step(
-                &mut tx,
-                deployment,
-                "deployment.rejected",
-                json!({"status": "rejected", "reason_code": code, "reason": reason}),
-                at,
-            )
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(Status::Rejected)
-    }
-}
-
-/// Reads what the admission rule needs inside `conn`'s transaction and decides; `None` when the
-/// team is gone.
-async fn decision_in(
-    conn: &mut sqlx::SqliteConnection,
-    deployment: &Deployment,
-    spec: &Spec,
-    price: Usdc,
-    guard: TimeDelta,
-) -> Result<Option<(Decision, i64)>, StepError> {
-    let Some(team) = teams::get(&mut *conn, &deployment.team_id).await? else {
-        return Ok(None);
-    };
-    let at = now();
-    let standing = budget::standing(&mut *conn, &team, at).await?;
-    let usage = deployments::usage(&mut *conn, &deployment.team_id).await?;
-    let epochs = hold_epochs(at, standing.resets_at, spec.ttl_hours, guard);
-    let decision = decide(
-        spec,
-        deployment.per_vm,
-        &team.quotas,
-        &standing,
-        &usage,
-        price,
-        epochs,
-    );
-    Ok(Some((decision, epochs)))
+    state
+        .admissions
+        .admit(state, deployment.clone(), spec, estimate)
+        .await
 }
 
 /// `admitted -> deploying -> deployed | failed | unknown`: the one deploy call.

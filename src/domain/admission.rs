@@ -310,6 +310,47 @@ pub fn decide(
     }
 }
 
+/// What the team holds once `request` is admitted with `commitment`: the commitment reserved,
+/// and the request's instances in use as the quotas count them (what a fresh read of the holds
+/// would show). The admissions of one batch are each decided against what the ones before
+/// them left (`deploy::admissions`). It saturates: an admitted request fits the cap and every
+/// quota set, so only a team without quotas could reach the limits, and a saturated figure
+/// refuses whatever follows.
+pub fn after_admission(
+    budget: &BudgetSnapshot,
+    usage: &Usage,
+    request: &Request<'_>,
+    commitment: Usdc,
+) -> (BudgetSnapshot, Usage) {
+    let reserved = Usdc::from_micros(budget.reserved.micros().saturating_add(commitment.micros()));
+    let per_vm = request.resources_per_vm;
+    let n = request.instances;
+    let resources = Resources {
+        vcpus: usage
+            .resources
+            .vcpus
+            .saturating_add(per_vm.vcpus.saturating_mul(n)),
+        ram_gib: usage
+            .resources
+            .ram_gib
+            .saturating_add(per_vm.ram_gib.saturating_mul(n)),
+        storage_gib: usage
+            .resources
+            .storage_gib
+            .saturating_add(per_vm.storage_gib.saturating_mul(n)),
+    };
+    (
+        BudgetSnapshot {
+            reserved,
+            ..*budget
+        },
+        Usage {
+            vms: usage.vms.saturating_add(n),
+            resources,
+        },
+    )
+}
+
 fn saturating_usdc(micros: i128) -> Usdc {
     let clamped = micros.clamp(i128::from(i64::MIN), i128::from(i64::MAX));
     Usdc::from_micros(i64::try_from(clamped).unwrap_or(i64::MAX))
@@ -945,6 +986,57 @@ mod tests {
                     "{:?} lost after {:?}", refusal, change
                 );
             }
+        }
+
+        #[test]
+        fn admissions_decided_in_turn_never_admit_more_than_fits(
+            case in case(),
+            requests in proptest::collection::vec(
+                (0..=20_u64, resources(16), 0..=50_000_000_i64, 0..=40_i64),
+                1..12,
+            ),
+        ) {
+            // One batch: each request decided against what the admitted ones before it left.
+            let (mut budget, mut usage) = (case.budget, case.usage);
+            let mut admitted = Usage::default();
+            let mut held = 0_i128;
+            for (instances, per_vm, price, epochs) in requests {
+                let request = Request {
+                    instances,
+                    configuration: &case.configuration,
+                    resources_per_vm: per_vm,
+                    countries: &case.countries,
+                    max_price_per_epoch_per_vm: Usdc::from_micros(price),
+                    epochs,
+                };
+                let decision = decide(&budget, &case.quotas, &usage, &request);
+                if decision.admitted() {
+                    held += i128::from(decision.commitment.micros());
+                    admitted.vms += instances;
+                    admitted.resources = admitted.resources
+                        .checked_add(per_vm.checked_mul(instances).expect("small"))
+                        .expect("small");
+                    (budget, usage) = after_admission(&budget, &usage, &request, decision.commitment);
+                }
+            }
+            let b = case.budget;
+            if held > 0 {
+                prop_assert!(held <= b.available(), "held {} of {}", held, b.available());
+            }
+            prop_assert_eq!(i128::from(budget.reserved.micros()), i128::from(b.reserved.micros()) + held);
+            let q = &case.quotas;
+            let fits = |limit: Option<u64>, before: u64, added: u64| {
+                added == 0 || limit.is_none_or(|l| before + added <= l)
+            };
+            prop_assert!(fits(q.max_vms, case.usage.vms, admitted.vms));
+            prop_assert!(fits(q.max_vcpus, case.usage.resources.vcpus, admitted.resources.vcpus));
+            prop_assert!(fits(q.max_ram_gib, case.usage.resources.ram_gib, admitted.resources.ram_gib));
+            prop_assert!(fits(
+                q.max_storage_gib,
+                case.usage.resources.storage_gib,
+                admitted.resources.storage_gib
+            ));
+            prop_assert_eq!(usage.vms, case.usage.vms + admitted.vms);
         }
 
         #[test]

@@ -32,7 +32,7 @@ pub struct GuardConfig {
 impl Default for GuardConfig {
     fn default() -> Self {
         GuardConfig {
-            max_in_flight: 64,
+            max_in_flight: 128,
             failures: 5,
             open_for: Duration::from_secs(30),
         }

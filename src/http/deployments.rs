@@ -334,6 +334,9 @@ async fn create_deployment(
     )
     .await?;
     tx.commit().await?;
+    if state.settings.jobs.deployer_on_submit {
+        state.deployer_wake.submitted();
+    }
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(DeploymentView::of(deployment, Vec::new())),

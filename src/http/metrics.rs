@@ -53,6 +53,7 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
     body.push_str(&crate::metrics::render_guard(state.fluence.guard()));
     body.push_str(&crate::metrics::render_limits(&state.limits));
     body.push_str(&crate::metrics::render_key_cache(&state.keys));
+    body.push_str(&crate::metrics::render_admissions(&state.admissions));
     (
         [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
         body,

@@ -1,10 +1,12 @@
 //! The deploy worker's run: advance every deployment that can move (a bounded number at once),
-//! then settle what only Fluence's list can settle.
+//! then settle what only Fluence's list can settle. Between runs, a submitted deployment wakes
+//! the worker at once ([`Wake`]), for the advancing part only.
 
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::deploy::reconcile::{self, Listing};
 use crate::deploy::worker;
@@ -12,12 +14,55 @@ use crate::domain::deployment::Status;
 use crate::state::AppState;
 use crate::store::deployments;
 
-pub async fn run(state: &AppState) -> Result<String, String> {
-    let open = list_open(state).await?;
-    let movable: Vec<_> = open
-        .into_iter()
-        .filter(|d| d.status.is_before_forwarding())
-        .collect();
+/// A deployment submitted between two runs would otherwise wait up to `deployer_interval_secs`
+/// before it is even estimated; the submission wakes the worker instead. Only the advancing
+/// part runs then: Fluence's list, which settles what was forwarded, is asked for on the
+/// schedule alone, so a burst of submissions is not a burst of list calls.
+#[derive(Default)]
+pub struct Wake {
+    submitted: Notify,
+    /// One advancing pass at a time, scheduled or woken: two would race for the same
+    /// deployments (harmlessly, each step being a compare-and-set, but for nothing).
+    advancing: tokio::sync::Mutex<()>,
+}
+
+impl Wake {
+    /// Called once a submitted deployment is committed. Wakes made during a pass are kept as
+    /// one: the pass after it sees every deployment submitted meanwhile.
+    pub fn submitted(&self) {
+        self.submitted.notify_one();
+    }
+}
+
+/// Advances what submissions wake the worker for, until `stop` is cancelled.
+pub async fn advance_when_woken(state: AppState, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = state.deployer_wake.submitted.notified() => {}
+        }
+        let (_, errors) = advance_movable(&state).await;
+        for error in errors {
+            tracing::warn!(%error, "deployment step failed; the next run retries it");
+        }
+    }
+}
+
+/// Advances every deployment that can move before forwarding, a bounded number at once.
+/// Returns how many it took up and the errors of those that could not move.
+async fn advance_movable(state: &AppState) -> (usize, Vec<String>) {
+    let _turn = state.deployer_wake.advancing.lock().await;
+    let movable = {
+        let conn = state.store.pool().acquire().await;
+        match conn {
+            Ok(mut conn) => deployments::movable(&mut conn).await,
+            Err(error) => Err(error),
+        }
+    };
+    let movable = match movable {
+        Ok(movable) => movable,
+        Err(error) => return (0, vec![format!("database: {error}")]),
+    };
     let advanced = movable.len();
     let permits = Arc::new(Semaphore::new(
         state.settings.jobs.deployer_concurrency.max(1) as usize,
@@ -40,6 +85,11 @@ pub async fn run(state: &AppState) -> Result<String, String> {
             Err(panic) => errors.push(format!("a deployment step panicked: {panic}")),
         }
     }
+    (advanced, errors)
+}
+
+pub async fn run(state: &AppState) -> Result<String, String> {
+    let (advanced, mut errors) = advance_movable(state).await;
 
     // What is left needs Fluence's list: answers lost, and holds not yet settled.
     let open = list_open(state).await?;

@@ -3,7 +3,7 @@
 //! Every job is idempotent and keeps its progress in the database, so a restart resumes it.
 
 pub mod catalog;
-mod deployer;
+pub mod deployer;
 pub mod prices;
 mod reaper;
 
@@ -197,33 +197,34 @@ fn lock(status: &Mutex<JobStatus>) -> std::sync::MutexGuard<'_, JobStatus> {
 
 /// Starts every job on its interval, the first run right away for the jobs that resume work
 /// (the deployer picks up whatever a previous process left) and after one interval for the
-/// others (see [`JobName::runs_at_start`]). They stop when `stop` is cancelled, between runs.
+/// others (see [`JobName::runs_at_start`]), and the deployer's advancing part whenever a
+/// deployment is submitted ([`deployer::Wake`]). They stop when `stop` is cancelled, between
+/// runs.
 pub fn spawn(state: &AppState, stop: &CancellationToken) -> Vec<JoinHandle<()>> {
-    JobName::ALL
-        .into_iter()
-        .map(|job| {
-            let state = state.clone();
-            let stop = stop.clone();
-            let every = job.interval(&state.settings.jobs);
-            tokio::spawn(async move {
-                let start = tokio::time::Instant::now();
-                let first = if job.runs_at_start() {
-                    start
-                } else {
-                    start.checked_add(every).unwrap_or(start)
-                };
-                let mut ticks = tokio::time::interval_at(first, every);
-                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        () = stop.cancelled() => break,
-                        _ = ticks.tick() => {}
-                    }
-                    // A run in progress finishes (each step is short and durable) unless the
-                    // shutdown grace runs out, which the caller enforces.
-                    state.jobs.run(&state, job).await;
+    let woken = tokio::spawn(deployer::advance_when_woken(state.clone(), stop.clone()));
+    let scheduled = JobName::ALL.into_iter().map(|job| {
+        let state = state.clone();
+        let stop = stop.clone();
+        let every = job.interval(&state.settings.jobs);
+        tokio::spawn(async move {
+            let start = tokio::time::Instant::now();
+            let first = if job.runs_at_start() {
+                start
+            } else {
+                start.checked_add(every).unwrap_or(start)
+            };
+            let mut ticks = tokio::time::interval_at(first, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = ticks.tick() => {}
                 }
-            })
+                // A run in progress finishes (each step is short and durable) unless the
+                // shutdown grace runs out, which the caller enforces.
+                state.jobs.run(&state, job).await;
+            }
         })
-        .collect()
+    });
+    std::iter::once(woken).chain(scheduled).collect()
 }

@@ -219,6 +219,20 @@ pub async fn open(conn: &mut SqliteConnection) -> Result<Vec<Deployment>, sqlx::
     .collect()
 }
 
+/// Deployments the worker can take further before forwarding (`Status::is_before_forwarding`).
+/// Oldest first.
+pub async fn movable(conn: &mut SqliteConnection) -> Result<Vec<Deployment>, sqlx::Error> {
+    sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM deployments WHERE status IN ('queued', 'estimating', \
+         'waiting_for_price', 'admitted') ORDER BY id"
+    ))
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(decode)
+    .collect()
+}
+
 /// Deployments declared failed because none of their VMs appeared after a lost answer, since
 /// `since`: Fluence may still show their VMs late, and then they are adopted, not lost.
 pub async fn failed_unconfirmed(

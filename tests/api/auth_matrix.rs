@@ -119,6 +119,7 @@ async fn every_secured_route_refuses_every_bad_credential_and_every_foreign_team
         ("GATEWAY__RATE_LIMIT__FAILED_AUTH_BURST", "100000"),
         ("GATEWAY__RATE_LIMIT__PER_KEY_BURST", "100000"),
         ("GATEWAY__JOBS__DEPLOYER_INTERVAL_SECS", "3600"),
+        ("GATEWAY__JOBS__DEPLOYER_ON_SUBMIT", "false"),
     ])
     .await;
     app.create_team("ml", "100").await;

@@ -15,6 +15,7 @@ use crate::helpers::{ADMIN_TOKEN, Reply, TestApp, deploy_body};
 async fn manual_app(extra: &[(&str, &str)]) -> TestApp {
     let mut env = vec![
         ("GATEWAY__JOBS__DEPLOYER_INTERVAL_SECS", "3600"),
+        ("GATEWAY__JOBS__DEPLOYER_ON_SUBMIT", "false"),
         ("GATEWAY__JOBS__REAPER_INTERVAL_SECS", "3600"),
         ("GATEWAY__JOBS__RECONCILE_GRACE_SECS", "0"),
         ("GATEWAY__UPSTREAM__REQUEST_TIMEOUT_MS", "1500"),
@@ -550,6 +551,55 @@ async fn concurrent_deploys_admit_exactly_what_fits_c1() {
             assert_eq!(admitted, k, "N = {n}, round {round}");
         }
     }
+    // Deployments that reached admission together shared write transactions: the rounds
+    // above were decided in batches, each decision against what the ones before it held.
+    let metrics = app.get("/metrics").await.text().await.unwrap_or_default();
+    let counter = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    let batches = counter("gateway_admission_batches_total");
+    let decisions = counter("gateway_admission_decisions_total");
+    assert_eq!(
+        decisions,
+        5 * 2 + 5 * 8 + 2 * 32,
+        "every deployment decided once"
+    );
+    assert!(
+        batches < decisions,
+        "{batches} batches for {decisions} decisions"
+    );
+}
+
+/// A submitted deployment wakes the deploy worker: it is estimated, admitted and forwarded
+/// with no scheduled run (the interval here is an hour) and no run asked for.
+#[tokio::test]
+async fn a_submitted_deployment_goes_ahead_without_waiting_for_a_run() {
+    let app = TestApp::spawn_with_env(&[
+        ("GATEWAY__JOBS__DEPLOYER_INTERVAL_SECS", "3600"),
+        ("GATEWAY__JOBS__INVENTORY_INTERVAL_SECS", "3600"),
+        // The polling below reads faster than a key's default bucket refills.
+        ("GATEWAY__RATE_LIMIT__PER_KEY_BURST", "100000"),
+    ])
+    .await;
+    app.create_team("ml", "500").await;
+    let member = app.mint_key("ml", "member").await;
+    let id = id_of(&app.deploy(&member, None, deploy_body("woken", 1)).await);
+    // Bounded by events, not by a sleep that a slow machine could outlast.
+    let mut status = String::new();
+    for _ in 0..500 {
+        status = app.deployment(&id).await["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if status == "deployed" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, "deployed");
 }
 
 /// The test above must be able to fail: with the admission split into a read, a 50 ms pause

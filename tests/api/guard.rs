@@ -13,6 +13,7 @@ use crate::helpers::{ADMIN_TOKEN, TestApp, deploy_body};
 async fn quiet_app(extra: &[(&str, &str)]) -> TestApp {
     let mut env = vec![
         ("GATEWAY__JOBS__DEPLOYER_INTERVAL_SECS", "3600"),
+        ("GATEWAY__JOBS__DEPLOYER_ON_SUBMIT", "false"),
         ("GATEWAY__JOBS__INVENTORY_INTERVAL_SECS", "3600"),
         ("GATEWAY__JOBS__PRICES_INTERVAL_SECS", "3600"),
         ("GATEWAY__JOBS__CATALOG_INTERVAL_SECS", "3600"),

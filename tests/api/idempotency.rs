@@ -12,6 +12,7 @@ use crate::helpers::{ADMIN_TOKEN, Reply, TestApp, deploy_body};
 async fn app() -> TestApp {
     TestApp::spawn_with_env(&[
         ("GATEWAY__JOBS__DEPLOYER_INTERVAL_SECS", "3600"),
+        ("GATEWAY__JOBS__DEPLOYER_ON_SUBMIT", "false"),
         ("GATEWAY__RATE_LIMIT__PER_KEY_BURST", "100000"),
     ])
     .await

@@ -15,6 +15,7 @@ use fluence_gateway::domain::money::Usdc;
 async fn app(extra: &[(&str, &str)]) -> TestApp {
     let mut env = vec![
         ("GATEWAY__JOBS__DEPLOYER_INTERVAL_SECS", "3600"),
+        ("GATEWAY__JOBS__DEPLOYER_ON_SUBMIT", "false"),
         ("GATEWAY__JOBS__INVENTORY_INTERVAL_SECS", "3600"),
         ("GATEWAY__JOBS__REAPER_INTERVAL_SECS", "3600"),
         ("GATEWAY__JOBS__WEBHOOKS_INTERVAL_SECS", "3600"),

@@ -318,6 +318,7 @@ async fn requests_are_counted_by_route_template_method_and_status() {
 async fn team_budgets_vms_upstream_calls_and_jobs_are_exposed() {
     let app = TestApp::spawn_with_env(&[
         ("GATEWAY__JOBS__DEPLOYER_INTERVAL_SECS", "3600"),
+        ("GATEWAY__JOBS__DEPLOYER_ON_SUBMIT", "false"),
         ("GATEWAY__JOBS__REAPER_INTERVAL_SECS", "3600"),
     ])
     .await;
@@ -454,6 +455,7 @@ async fn team_budgets_vms_upstream_calls_and_jobs_are_exposed() {
 async fn a_failing_upstream_probe_is_counted_by_outcome() {
     let app = TestApp::spawn_with_env(&[
         ("GATEWAY__JOBS__DEPLOYER_INTERVAL_SECS", "3600"),
+        ("GATEWAY__JOBS__DEPLOYER_ON_SUBMIT", "false"),
         ("GATEWAY__JOBS__REAPER_INTERVAL_SECS", "3600"),
     ])
     .await;
@@ -492,6 +494,7 @@ async fn a_failing_upstream_probe_is_counted_by_outcome() {
 async fn an_unreadable_database_still_serves_the_process_metrics() {
     let app = TestApp::spawn_with_env(&[
         ("GATEWAY__JOBS__DEPLOYER_INTERVAL_SECS", "3600"),
+        ("GATEWAY__JOBS__DEPLOYER_ON_SUBMIT", "false"),
         ("GATEWAY__JOBS__REAPER_INTERVAL_SECS", "3600"),
     ])
     .await;

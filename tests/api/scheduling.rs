@@ -9,6 +9,7 @@ use crate::helpers::{ADMIN_TOKEN, TestApp, deploy_body};
 async fn app() -> TestApp {
     let app = TestApp::spawn_with_env(&[
         ("GATEWAY__JOBS__DEPLOYER_INTERVAL_SECS", "3600"),
+        ("GATEWAY__JOBS__DEPLOYER_ON_SUBMIT", "false"),
         ("GATEWAY__JOBS__REAPER_INTERVAL_SECS", "3600"),
         ("GATEWAY__JOBS__PRICE_RECHECK_SECS", "0"),
     ])

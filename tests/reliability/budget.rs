@@ -53,6 +53,8 @@ pub const CHECK_THEN_ACT: &str = "admission.check_then_act=sleep(50)";
 /// requests as they arrived could admit exactly k of them alone, and a seeded round would pass
 /// unnoticed (C1 seeded missed 1 of 5 rounds so).
 const ONLY_EXPLICIT_RUNS: (&str, &str) = ("GATEWAY__JOBS__DEPLOYER_INTERVAL_SECS", "3600");
+/// Nor does a submission wake the worker, for the same reason.
+const NO_WAKE_ON_SUBMIT: (&str, &str) = ("GATEWAY__JOBS__DEPLOYER_ON_SUBMIT", "false");
 
 /// Statuses that mean the deployment passed admission.
 pub fn was_admitted(deployment: &Value) -> bool {
@@ -268,7 +270,8 @@ pub async fn c1(suite: Arc<Suite>) -> Vec<Row> {
         .gateway(
             GatewayOptions::failpoints(CHECK_THEN_ACT)
                 .with_env(concurrency.0, concurrency.1)
-                .with_env(ONLY_EXPLICIT_RUNS.0, ONLY_EXPLICIT_RUNS.1),
+                .with_env(ONLY_EXPLICIT_RUNS.0, ONLY_EXPLICIT_RUNS.1)
+                .with_env(NO_WAKE_ON_SUBMIT.0, NO_WAKE_ON_SUBMIT.1),
         )
         .await;
     let seeded_rounds = suite.profile.pick(5, 20);
@@ -379,6 +382,7 @@ async fn c2_rounds(
         options
             .with_env(CONCURRENCY.0, CONCURRENCY.1)
             .with_env(ONLY_EXPLICIT_RUNS.0, ONLY_EXPLICIT_RUNS.1)
+            .with_env(NO_WAKE_ON_SUBMIT.0, NO_WAKE_ON_SUBMIT.1)
     };
     let first = world.gateway(options()).await;
     let second = world.gateway(options()).await;
@@ -457,9 +461,9 @@ async fn c3_rounds(
 ) -> (Judged, Tally) {
     let world = market_world(suite, label).await;
     let options = match failpoints {
-        Some(spec) => {
-            GatewayOptions::failpoints(spec).with_env(ONLY_EXPLICIT_RUNS.0, ONLY_EXPLICIT_RUNS.1)
-        }
+        Some(spec) => GatewayOptions::failpoints(spec)
+            .with_env(ONLY_EXPLICIT_RUNS.0, ONLY_EXPLICIT_RUNS.1)
+            .with_env(NO_WAKE_ON_SUBMIT.0, NO_WAKE_ON_SUBMIT.1),
         None => GatewayOptions::default(),
     };
     let gateway = world
@@ -604,6 +608,7 @@ pub async fn c5(suite: Arc<Suite>) -> Vec<Row> {
             .with_env("GATEWAY__UPSTREAM__BREAKER_OPEN_SECS", "1")
             .with_env("GATEWAY__DATABASE__BUSY_TIMEOUT_MS", "2000")
             .with_env("GATEWAY__JOBS__DEPLOYER_INTERVAL_SECS", "3600")
+            .with_env("GATEWAY__JOBS__DEPLOYER_ON_SUBMIT", "false")
             .with_env("GATEWAY__JOBS__INVENTORY_INTERVAL_SECS", "3600")
             .with_env(CONCURRENCY.0, "16")
     };

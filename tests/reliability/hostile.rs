@@ -63,6 +63,7 @@ fn quiet_gateway() -> GatewayOptions {
         .with_env("GATEWAY__RATE_LIMIT__FAILED_AUTH_PER_MINUTE", "1000000")
         .with_env("GATEWAY__RATE_LIMIT__FAILED_AUTH_BURST", "1000000")
         .with_env("GATEWAY__JOBS__DEPLOYER_INTERVAL_SECS", "3600")
+        .with_env("GATEWAY__JOBS__DEPLOYER_ON_SUBMIT", "false")
         .with_env("GATEWAY__JOBS__INVENTORY_INTERVAL_SECS", "3600")
         .with_env("GATEWAY__JOBS__PRICES_INTERVAL_SECS", "3600")
         .with_env("GATEWAY__JOBS__CATALOG_INTERVAL_SECS", "3600")

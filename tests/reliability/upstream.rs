@@ -161,6 +161,7 @@ impl Bed {
 pub fn manual(options: GatewayOptions) -> GatewayOptions {
     options
         .with_env("GATEWAY__JOBS__DEPLOYER_INTERVAL_SECS", MANUAL_TICK)
+        .with_env("GATEWAY__JOBS__DEPLOYER_ON_SUBMIT", "false")
         .with_env("GATEWAY__JOBS__INVENTORY_INTERVAL_SECS", MANUAL_TICK)
         .with_env("GATEWAY__JOBS__DEPLOYER_CONCURRENCY", "32")
         .with_env(
