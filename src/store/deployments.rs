@@ -222,15 +222,21 @@ pub async fn open(conn: &mut SqliteConnection) -> Result<Vec<Deployment>, sqlx::
 /// Deployments the worker can take further before forwarding (`Status::is_before_forwarding`).
 /// Oldest first.
 pub async fn movable(conn: &mut SqliteConnection) -> Result<Vec<Deployment>, sqlx::Error> {
-    sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM deployments WHERE status IN ('queued', 'estimating', \
-         'waiting_for_price', 'admitted') ORDER BY id"
-    ))
-    .fetch_all(conn)
-    .await?
-    .iter()
-    .map(decode)
-    .collect()
+    let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new(format!(
+        "SELECT {COLUMNS} FROM deployments WHERE status IN ("
+    ));
+    let mut statuses = query.separated(", ");
+    for status in Status::ALL.into_iter().filter(|s| s.is_before_forwarding()) {
+        statuses.push_bind(status.as_str());
+    }
+    query.push(") ORDER BY id");
+    query
+        .build()
+        .fetch_all(conn)
+        .await?
+        .iter()
+        .map(decode)
+        .collect()
 }
 
 /// Deployments declared failed because none of their VMs appeared after a lost answer, since
