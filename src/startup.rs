@@ -95,7 +95,7 @@ pub async fn run(
         catalog_answers: Arc::default(),
         vm_pages: Arc::default(),
         admissions: Default::default(),
-        deployer_wake: Default::default(),
+        deployer_wake: crate::jobs::deployer::Wake::new(settings.jobs.deployer_concurrency),
         team_views: Arc::new(crate::http::pages::Pages::with_max_age(
             Duration::from_secs(settings.auth.key_cache_secs),
         )),

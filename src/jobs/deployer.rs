@@ -2,56 +2,152 @@
 //! then settle what only Fluence's list can settle. Between runs, a submitted deployment wakes
 //! the worker at once ([`Wake`]), for the advancing part only.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::Mutex;
 
 use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::deploy::StepError;
 use crate::deploy::reconcile::{self, Listing};
 use crate::deploy::worker;
 use crate::domain::deployment::Status;
 use crate::state::AppState;
-use crate::store::deployments;
+use crate::store::deployments::{self, Deployment};
 
 /// A deployment submitted between two runs would otherwise wait up to `deployer_interval_secs`
-/// before it is even estimated; the submission wakes the worker instead. Only the advancing
-/// part runs then: Fluence's list, which settles what was forwarded, is asked for on the
-/// schedule alone, so a burst of submissions is not a burst of list calls.
-#[derive(Default)]
+/// before it is even estimated; the submission wakes the worker instead, which claims every
+/// queued deployment in one transaction and advances each in a task of its own, without
+/// waiting for the others (a slow one holds up none). Fluence's list, which settles what was
+/// forwarded, is asked for on the schedule alone, so a burst of submissions is not a burst of
+/// list calls.
 pub struct Wake {
     submitted: Notify,
-    /// One advancing pass at a time, scheduled or woken: two would race for the same
-    /// deployments (harmlessly, each step being a compare-and-set, but for nothing).
-    advancing: tokio::sync::Mutex<()>,
+    /// Deployments a task of this process is advancing: the scheduled run leaves them alone.
+    in_flight: Mutex<HashSet<String>>,
+    /// `deployer_concurrency`, shared by the scheduled and the woken tasks.
+    permits: Semaphore,
 }
 
 impl Wake {
-    /// Called once a submitted deployment is committed. Wakes made during a pass are kept as
-    /// one: the pass after it sees every deployment submitted meanwhile.
+    pub fn new(concurrency: u32) -> Wake {
+        Wake {
+            submitted: Notify::new(),
+            in_flight: Mutex::new(HashSet::new()),
+            permits: Semaphore::new(concurrency.max(1) as usize),
+        }
+    }
+
+    /// Called once a submitted deployment is committed. Wakes made while the worker is busy
+    /// are kept as one: it then claims every deployment submitted meanwhile.
     pub fn submitted(&self) {
         self.submitted.notify_one();
     }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
-/// Advances what submissions wake the worker for, until `stop` is cancelled.
+/// A deployment taken up by a task; given back when the task ends, however it ends.
+struct Claim {
+    state: AppState,
+    id: String,
+}
+
+impl Claim {
+    /// `None` if a task already has it.
+    fn take(state: &AppState, id: &str) -> Option<Claim> {
+        state
+            .deployer_wake
+            .in_flight()
+            .insert(id.to_owned())
+            .then(|| Claim {
+                state: state.clone(),
+                id: id.to_owned(),
+            })
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.state.deployer_wake.in_flight().remove(&self.id);
+    }
+}
+
+type Advanced = (String, Result<Status, StepError>);
+
+/// Starts a task advancing each deployment no task has yet; returns how many it started.
+fn take_up(state: &AppState, movable: Vec<Deployment>, tasks: &mut JoinSet<Advanced>) -> usize {
+    let mut started = 0;
+    for deployment in movable {
+        let Some(claim) = Claim::take(state, &deployment.id) else {
+            continue;
+        };
+        started += 1;
+        let state = state.clone();
+        tasks.spawn(async move {
+            let _claim = claim;
+            let _permit = state.deployer_wake.permits.acquire().await;
+            let id = deployment.id.clone();
+            (id, worker::advance(&state, deployment).await)
+        });
+    }
+    started
+}
+
+fn failure(joined: Result<Advanced, tokio::task::JoinError>) -> Option<String> {
+    match joined {
+        Ok((_, Ok(_))) => None,
+        Ok((id, Err(error))) => Some(format!("{id}: {error}")),
+        Err(panic) => Some(format!("a deployment step panicked: {panic}")),
+    }
+}
+
+/// Advances what submissions wake the worker for, until `stop` is cancelled; then lets the
+/// steps in progress end (each is short and durable; the caller bounds the wait).
 pub async fn advance_when_woken(state: AppState, stop: CancellationToken) {
+    let mut tasks = JoinSet::new();
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
-            () = state.deployer_wake.submitted.notified() => {}
+            () = state.deployer_wake.submitted.notified() => {
+                let claimed = match state.store.begin_write().await {
+                    Ok(mut tx) => match deployments::claim_queued(&mut tx, crate::store::time::now()).await {
+                        Ok(claimed) => tx.commit().await.map(|()| claimed).map_err(|e| e.to_string()),
+                        Err(error) => Err(error.to_string()),
+                    },
+                    Err(error) => Err(error.to_string()),
+                };
+                match claimed {
+                    Ok(claimed) => {
+                        take_up(&state, claimed, &mut tasks);
+                    }
+                    // The deployments stay queued; the scheduled run takes them.
+                    Err(error) => tracing::warn!(%error, "claiming submitted deployments failed"),
+                }
+            }
+            Some(joined) = tasks.join_next() => {
+                if let Some(error) = failure(joined) {
+                    tracing::warn!(%error, "deployment step failed; the next run retries it");
+                }
+            }
         }
-        let (_, errors) = advance_movable(&state).await;
-        for error in errors {
+    }
+    while let Some(joined) = tasks.join_next().await {
+        if let Some(error) = failure(joined) {
             tracing::warn!(%error, "deployment step failed; the next run retries it");
         }
     }
 }
 
-/// Advances every deployment that can move before forwarding, a bounded number at once.
-/// Returns how many it took up and the errors of those that could not move.
+/// Advances every deployment that can move before forwarding and that no task has yet, a
+/// bounded number at once, and waits for them. Returns how many it took up and the errors of
+/// those that could not move.
 async fn advance_movable(state: &AppState) -> (usize, Vec<String>) {
-    let _turn = state.deployer_wake.advancing.lock().await;
     let movable = {
         let conn = state.store.pool().acquire().await;
         match conn {
@@ -63,27 +159,11 @@ async fn advance_movable(state: &AppState) -> (usize, Vec<String>) {
         Ok(movable) => movable,
         Err(error) => return (0, vec![format!("database: {error}")]),
     };
-    let advanced = movable.len();
-    let permits = Arc::new(Semaphore::new(
-        state.settings.jobs.deployer_concurrency.max(1) as usize,
-    ));
     let mut tasks = JoinSet::new();
-    for deployment in movable {
-        let state = state.clone();
-        let permits = permits.clone();
-        tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await;
-            let id = deployment.id.clone();
-            (id, worker::advance(&state, deployment).await)
-        });
-    }
+    let advanced = take_up(state, movable, &mut tasks);
     let mut errors = Vec::new();
     while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok((_, Ok(_))) => {}
-            Ok((id, Err(error))) => errors.push(format!("{id}: {error}")),
-            Err(panic) => errors.push(format!("a deployment step panicked: {panic}")),
-        }
+        errors.extend(failure(joined));
     }
     (advanced, errors)
 }

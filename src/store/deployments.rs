@@ -239,6 +239,26 @@ pub async fn movable(conn: &mut SqliteConnection) -> Result<Vec<Deployment>, sql
         .collect()
 }
 
+/// Moves every queued deployment to `estimating` and returns them, oldest first: the deploy
+/// worker takes them up at once. Call it in a write transaction.
+pub async fn claim_queued(
+    conn: &mut SqliteConnection,
+    at: DateTime<Utc>,
+) -> Result<Vec<Deployment>, sqlx::Error> {
+    let mut claimed = sqlx::query(&format!(
+        "UPDATE deployments SET status = 'estimating', updated_at = ?1 \
+         WHERE status = 'queued' RETURNING {COLUMNS}"
+    ))
+    .bind(to_db(at))
+    .fetch_all(conn)
+    .await?
+    .iter()
+    .map(decode)
+    .collect::<Result<Vec<_>, _>>()?;
+    claimed.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(claimed)
+}
+
 /// Deployments declared failed because none of their VMs appeared after a lost answer, since
 /// `since`: Fluence may still show their VMs late, and then they are adopted, not lost.
 pub async fn failed_unconfirmed(

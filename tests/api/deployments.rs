@@ -573,6 +573,53 @@ async fn concurrent_deploys_admit_exactly_what_fits_c1() {
     );
 }
 
+/// A burst of submissions, each waking the worker while the scheduled run (every second) lists
+/// the same deployments: each is advanced by one task only and deployed once.
+#[tokio::test]
+async fn a_burst_of_woken_deployments_is_deployed_once_each() {
+    const BURST: usize = 40;
+    let app = TestApp::spawn_with_env(&[
+        ("GATEWAY__JOBS__DEPLOYER_INTERVAL_SECS", "1"),
+        ("GATEWAY__JOBS__INVENTORY_INTERVAL_SECS", "3600"),
+        ("GATEWAY__RATE_LIMIT__PER_KEY_BURST", "100000"),
+        ("GATEWAY__RATE_LIMIT__PER_TEAM_BURST", "100000"),
+    ])
+    .await;
+    app.sim_post("/_sim/market", json!({"capacity": 100000}))
+        .await;
+    app.create_team("ml", "5000").await;
+    let member = app.mint_key("ml", "member").await;
+    let submitted = futures_util::future::join_all(
+        (0..BURST).map(|i| app.deploy(&member, None, deploy_body(&format!("burst{i}"), 1))),
+    )
+    .await;
+    let ids: Vec<String> = submitted.iter().map(id_of).collect();
+    let mut deployments = Vec::new();
+    // Bounded by events: until every one has left the pipeline.
+    for _ in 0..500 {
+        deployments = futures_util::future::join_all(ids.iter().map(|id| app.deployment(id))).await;
+        if deployments.iter().all(|d| {
+            d["status"] != "queued"
+                && d["status"] != "estimating"
+                && d["status"] != "admitted"
+                && d["status"] != "deploying"
+        }) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for d in &deployments {
+        assert_eq!(d["status"], "deployed", "{d}");
+        assert_eq!(d["vms"].as_array().map_or(0, Vec::len), 1, "{d}");
+    }
+    let state = app.sim_state().await;
+    assert_eq!(
+        state["vms"].as_array().map_or(0, Vec::len),
+        BURST,
+        "{state}"
+    );
+}
+
 /// A submitted deployment wakes the deploy worker: it is estimated, admitted and forwarded
 /// with no scheduled run (the interval here is an hour) and no run asked for.
 #[tokio::test]
