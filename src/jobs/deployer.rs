@@ -26,6 +26,8 @@ pub struct Wake {
     submitted: Notify,
     /// Deployments a task of this process is advancing: the scheduled run leaves them alone.
     in_flight: Mutex<HashSet<String>>,
+    /// Signalled whenever a task gives a deployment back.
+    released: Notify,
     /// `deployer_concurrency`, shared by the scheduled and the woken tasks.
     permits: Semaphore,
 }
@@ -35,6 +37,7 @@ impl Wake {
         Wake {
             submitted: Notify::new(),
             in_flight: Mutex::new(HashSet::new()),
+            released: Notify::new(),
             permits: Semaphore::new(concurrency.max(1) as usize),
         }
     }
@@ -75,19 +78,32 @@ impl Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         self.state.deployer_wake.in_flight().remove(&self.id);
+        self.state.deployer_wake.released.notify_waiters();
+    }
+}
+
+/// Waits until no task is advancing any of `ids`.
+async fn until_released(wake: &Wake, ids: &[String]) {
+    loop {
+        // Registered before the check, so a release between the two is not missed.
+        let released = wake.released.notified();
+        tokio::pin!(released);
+        released.as_mut().enable();
+        if ids.iter().all(|id| !wake.in_flight().contains(id)) {
+            return;
+        }
+        released.await;
     }
 }
 
 type Advanced = (String, Result<Status, StepError>);
 
-/// Starts a task advancing each deployment no task has yet; returns how many it started.
-fn take_up(state: &AppState, movable: Vec<Deployment>, tasks: &mut JoinSet<Advanced>) -> usize {
-    let mut started = 0;
+/// Starts a task advancing each deployment no task has yet.
+fn take_up(state: &AppState, movable: Vec<Deployment>, tasks: &mut JoinSet<Advanced>) {
     for deployment in movable {
         let Some(claim) = Claim::take(state, &deployment.id) else {
             continue;
         };
-        started += 1;
         let state = state.clone();
         tasks.spawn(async move {
             let _claim = claim;
@@ -96,7 +112,6 @@ fn take_up(state: &AppState, movable: Vec<Deployment>, tasks: &mut JoinSet<Advan
             (id, worker::advance(&state, deployment).await)
         });
     }
-    started
 }
 
 fn failure(joined: Result<Advanced, tokio::task::JoinError>) -> Option<String> {
@@ -123,9 +138,7 @@ pub async fn advance_when_woken(state: AppState, stop: CancellationToken) {
                     Err(error) => Err(error.to_string()),
                 };
                 match claimed {
-                    Ok(claimed) => {
-                        take_up(&state, claimed, &mut tasks);
-                    }
+                    Ok(claimed) => take_up(&state, claimed, &mut tasks),
                     // The deployments stay queued; the scheduled run takes them.
                     Err(error) => tracing::warn!(%error, "claiming submitted deployments failed"),
                 }
@@ -145,8 +158,8 @@ pub async fn advance_when_woken(state: AppState, stop: CancellationToken) {
 }
 
 /// Advances every deployment that can move before forwarding and that no task has yet, a
-/// bounded number at once, and waits for them. Returns how many it took up and the errors of
-/// those that could not move.
+/// bounded number at once, and waits for them and for those other tasks had. Returns how many
+/// were movable and the errors of those it advanced that could not move.
 async fn advance_movable(state: &AppState) -> (usize, Vec<String>) {
     let movable = {
         let conn = state.store.pool().acquire().await;
@@ -159,13 +172,18 @@ async fn advance_movable(state: &AppState) -> (usize, Vec<String>) {
         Ok(movable) => movable,
         Err(error) => return (0, vec![format!("database: {error}")]),
     };
+    let listed: Vec<String> = movable.iter().map(|d| d.id.clone()).collect();
     let mut tasks = JoinSet::new();
-    let advanced = take_up(state, movable, &mut tasks);
+    take_up(state, movable, &mut tasks);
     let mut errors = Vec::new();
     while let Some(joined) = tasks.join_next().await {
         errors.extend(failure(joined));
     }
-    (advanced, errors)
+    // Those a woken task had: the run ends when they have moved as far as they can too, so
+    // that a run asked for (`POST /v1/jobs/deployer/run`) still means "everything movable has
+    // moved". Those woken later do not hold it up.
+    until_released(&state.deployer_wake, &listed).await;
+    (listed.len(), errors)
 }
 
 pub async fn run(state: &AppState) -> Result<String, String> {

@@ -620,6 +620,32 @@ async fn a_burst_of_woken_deployments_is_deployed_once_each() {
     );
 }
 
+/// A run asked for while a woken task is advancing a deployment returns only once that one
+/// has moved as far as it can: "the deployer ran" still means everything movable moved.
+#[tokio::test]
+async fn a_run_waits_for_the_deployments_a_woken_task_is_advancing() {
+    let app = TestApp::spawn_with_env(&[
+        ("GATEWAY__JOBS__DEPLOYER_INTERVAL_SECS", "3600"),
+        ("GATEWAY__JOBS__INVENTORY_INTERVAL_SECS", "3600"),
+        ("GATEWAY__RATE_LIMIT__PER_KEY_BURST", "100000"),
+        // The woken task stops half a second between admission and forward.
+        ("GATEWAY_FAILPOINTS", "admission.after_commit=sleep(500)"),
+    ])
+    .await;
+    app.create_team("ml", "500").await;
+    let member = app.mint_key("ml", "member").await;
+    let id = id_of(&app.deploy(&member, None, deploy_body("woken", 1)).await);
+    for _ in 0..500 {
+        if app.deployment(&id).await["status"] == "admitted" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(app.deployment(&id).await["status"], "admitted");
+    app.run_job("deployer").await;
+    assert_eq!(app.deployment(&id).await["status"], "deployed");
+}
+
 /// A submitted deployment wakes the deploy worker: it is estimated, admitted and forwarded
 /// with no scheduled run (the interval here is an hour) and no run asked for.
 #[tokio::test]
