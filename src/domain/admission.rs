@@ -323,31 +323,12 @@ pub fn after_admission(
     commitment: Usdc,
 ) -> (BudgetSnapshot, Usage) {
     let reserved = Usdc::from_micros(budget.reserved.micros().saturating_add(commitment.micros()));
-    let per_vm = request.resources_per_vm;
-    let n = request.instances;
-    let resources = Resources {
-        vcpus: usage
-            .resources
-            .vcpus
-            .saturating_add(per_vm.vcpus.saturating_mul(n)),
-        ram_gib: usage
-            .resources
-            .ram_gib
-            .saturating_add(per_vm.ram_gib.saturating_mul(n)),
-        storage_gib: usage
-            .resources
-            .storage_gib
-            .saturating_add(per_vm.storage_gib.saturating_mul(n)),
-    };
     (
         BudgetSnapshot {
             reserved,
             ..*budget
         },
-        Usage {
-            vms: usage.vms.saturating_add(n),
-            resources,
-        },
+        usage.plus(request.instances, request.resources_per_vm),
     )
 }
 

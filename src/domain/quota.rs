@@ -110,6 +110,22 @@ pub struct Usage {
     pub resources: Resources,
 }
 
+impl Usage {
+    /// This usage with `instances` more VMs of `per_vm` each. Saturates: a figure at the limit
+    /// of `u64` is past every quota.
+    pub fn plus(self, instances: u64, per_vm: Resources) -> Usage {
+        let add = |used: u64, each: u64| used.saturating_add(each.saturating_mul(instances));
+        Usage {
+            vms: self.vms.saturating_add(instances),
+            resources: Resources {
+                vcpus: add(self.resources.vcpus, per_vm.vcpus),
+                ram_gib: add(self.resources.ram_gib, per_vm.ram_gib),
+                storage_gib: add(self.resources.storage_gib, per_vm.storage_gib),
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 // A failed expectation in a test is the test failing, which is what it should do.
 #[allow(clippy::expect_used)]

@@ -629,13 +629,7 @@ async fn dry_run_of(state: &AppState, team: &Team, spec: &Spec) -> Result<DryRun
             "reject"
         }
     };
-    let after_used = crate::domain::quota::Usage {
-        vms: used.vms.saturating_add(u64::from(spec.instances)),
-        resources: per_vm
-            .checked_mul(u64::from(spec.instances))
-            .and_then(|r| used.resources.checked_add(r))
-            .unwrap_or(used.resources),
-    };
+    let after_used = used.plus(u64::from(spec.instances), per_vm);
     Ok(DryRun {
         decision: verdict_word,
         reasons,
