@@ -15,12 +15,15 @@ pub mod teams;
 pub mod time;
 pub mod vms;
 
+use std::ops::{Deref, DerefMut};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqlitePool, Transaction};
+use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use crate::config::DatabaseSettings;
 
@@ -51,6 +54,46 @@ pub enum StoreError {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
+    /// This process's writers take turns here before asking SQLite for its write lock. SQLite
+    /// answers a second writer with "busy" and its busy handler sleeps (1, 2, 5, 10 ms and
+    /// more) before asking again, so writers contending inside SQLite waited milliseconds
+    /// for a lock held a fraction of one; queued here, the next writer starts the moment the
+    /// last one commits. Other processes on the same file still meet the busy timeout.
+    writers: Arc<Mutex<()>>,
+    /// How long a writer waits for its turn: the database's busy timeout, as SQLite's would.
+    turn_timeout: Duration,
+}
+
+/// A write transaction begun with `BEGIN IMMEDIATE`, holding this process's turn to write
+/// until it commits, rolls back or is dropped (which rolls it back). It derefs to the
+/// connection, so store functions take `&mut tx` as they take any connection.
+pub struct WriteTx {
+    tx: Transaction<'static, Sqlite>,
+    _turn: OwnedMutexGuard<()>,
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+}
+
+impl Deref for WriteTx {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        &mut self.tx
+    }
 }
 
 impl Store {
@@ -77,7 +120,11 @@ impl Store {
             .test_before_acquire(false)
             .connect_with(options)
             .await?;
-        let store = Store { pool };
+        let store = Store {
+            pool,
+            writers: Arc::new(Mutex::new(())),
+            turn_timeout: Duration::from_millis(settings.busy_timeout_ms),
+        };
         store.migrate().await?;
         store.check_pragmas().await?;
         Ok(store)
@@ -109,9 +156,14 @@ impl Store {
 
     /// A write transaction that takes SQLite's write lock up front. A deferred `BEGIN` that
     /// reads and then writes can fail with "database is locked" when another writer commits in
-    /// between; `BEGIN IMMEDIATE` waits (up to `busy_timeout`) instead.
-    pub async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    /// between; `BEGIN IMMEDIATE` waits (up to `busy_timeout`) instead. The turn is taken
+    /// before the connection, so writers waiting for it hold none of the pool's connections.
+    pub async fn begin_write(&self) -> Result<WriteTx, StoreError> {
+        let turn = tokio::time::timeout(self.turn_timeout, self.writers.clone().lock_owned())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?;
+        let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        Ok(WriteTx { tx, _turn: turn })
     }
 
     /// Whether the database answers a trivial query.
