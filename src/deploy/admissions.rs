@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use super::Spec;
 use super::StepError;
-use super::worker::{audit_step, decide, estimate_json, finish_in, hold_epochs, refusals_json};
+use super::worker::{decide, estimate_json, hold_epochs, push_audit_step, refusals_json};
 use crate::domain::admission::{self, Decision, Request};
 use crate::domain::deployment::Status;
 use crate::domain::quota::Usage;
@@ -28,6 +28,7 @@ use crate::fluence::types::Estimate;
 use crate::state::AppState;
 use crate::store::budget::{self, Standing};
 use crate::store::deployments::{self, Changes, Deployment};
+use crate::store::script::Script;
 use crate::store::teams::{self, Team};
 use crate::store::time::now;
 
@@ -176,22 +177,47 @@ struct TeamView {
     usage: Usage,
 }
 
-/// Decides every candidate in one write transaction, in order.
+/// Decides every candidate in one write transaction, in order. The decisions are written by
+/// one script: each a compare-and-set from `estimating`, known to succeed because the
+/// candidates still estimating were read under the same write lock.
 async fn decide_all(state: &AppState, candidates: &[Candidate]) -> Result<Vec<Status>, StepError> {
     let guard = guard_band(state);
     let mut tx = state.store.begin_write().await?;
     // Taken with the write lock held: every decision of the batch is at this instant.
     let at = now();
+    let ids: Vec<&str> = candidates
+        .iter()
+        .map(|c| c.deployment.id.as_str())
+        .collect();
+    // One cancelled meanwhile is left as it is, and nothing is held for it; taken out once
+    // decided, so a deployment that were twice in a batch would be decided once.
+    let mut estimating = deployments::with_status(&mut tx, &ids, Status::Estimating).await?;
     let mut views: HashMap<String, Option<TeamView>> = HashMap::new();
+    let mut script = Script::statements();
     let mut statuses = Vec::with_capacity(candidates.len());
     for candidate in candidates {
+        if !estimating.remove(&candidate.deployment.id) {
+            statuses.push(Status::Estimating);
+            continue;
+        }
         let team_id = &candidate.deployment.team_id;
         if !views.contains_key(team_id) {
             let view = read_view(&mut tx, team_id, at).await?;
             views.insert(team_id.clone(), view);
         }
         let view = views.get_mut(team_id).and_then(Option::as_mut);
-        statuses.push(decide_one(&mut tx, candidate, view, at, guard).await?);
+        statuses.push(decide_one(&mut script, candidate, view, at, guard));
+    }
+    let moved = script.run_in(&mut tx).await?.len();
+    let decided = statuses
+        .iter()
+        .filter(|s| **s != Status::Estimating)
+        .count();
+    if moved != decided {
+        // Cannot happen under the write lock; if it did, nothing of the batch is kept.
+        return Err(StepError::Batch(format!(
+            "{moved} of {decided} decided deployments moved"
+        )));
     }
     tx.commit().await?;
     Ok(statuses)
@@ -238,15 +264,15 @@ async fn read_view(
     }))
 }
 
-/// Decides one candidate inside the batch's transaction and writes the outcome; an admission
-/// moves `view` on by what it holds.
-async fn decide_one(
-    conn: &mut sqlx::SqliteConnection,
+/// Decides one candidate, still `estimating`, and adds its outcome to the batch's script; an
+/// admission moves `view` on by what it holds.
+fn decide_one(
+    script: &mut Script,
     candidate: &Candidate,
     view: Option<&mut TeamView>,
     at: DateTime<Utc>,
     guard: TimeDelta,
-) -> Result<Status, StepError> {
+) -> Status {
     let Candidate {
         deployment,
         spec,
@@ -255,17 +281,27 @@ async fn decide_one(
     } = candidate;
     let Some(view) = view else {
         let reason = json!({"code": "team_deleted", "message": "the team was deleted"});
-        finish_in(
-            conn,
-            deployment,
+        // An estimating deployment holds nothing, so there is no hold to release.
+        deployments::push_transition(
+            script,
+            &deployment.id,
             &[Status::Estimating],
             Status::Rejected,
-            "team_deleted",
-            reason,
+            Changes {
+                reason: Some(("team_deleted".into(), reason.clone())),
+                settled_at: Some(at),
+                ..Changes::default()
+            },
             at,
-        )
-        .await?;
-        return Ok(Status::Rejected);
+        );
+        push_audit_step(
+            script,
+            deployment,
+            "deployment.rejected",
+            json!({"status": "rejected", "reason_code": "team_deleted", "reason": reason}),
+            at,
+        );
+        return Status::Rejected;
     };
     let price = estimate.max_price_per_epoch;
     let (decision, epochs) = match early {
@@ -273,11 +309,11 @@ async fn decide_one(
         None => view.decide(deployment, spec, estimate, at, guard),
     };
     if !decision.admitted() {
-        reject(conn, deployment, estimate, &decision, epochs, at).await?;
-        return Ok(Status::Rejected);
+        reject(script, deployment, estimate, &decision, epochs, at);
+        return Status::Rejected;
     }
-    let moved = deployments::transition(
-        &mut *conn,
+    deployments::push_transition(
+        script,
         &deployment.id,
         &[Status::Estimating],
         Status::Admitted,
@@ -289,29 +325,22 @@ async fn decide_one(
             ..Changes::default()
         },
         at,
-    )
-    .await?;
-    if !moved {
-        // Cancelled (or taken by another worker) meanwhile: nothing is held.
-        return Ok(Status::Estimating);
-    }
-    deployments::insert_hold(
-        &mut *conn,
+    );
+    deployments::push_hold_of_change(
+        script,
         &deployment.id,
         &deployment.team_id,
         decision.commitment,
         at,
-    )
-    .await?;
-    audit_step(
-        conn,
+    );
+    push_audit_step(
+        script,
         deployment,
         "deployment.admit",
         json!({"status": "admitted", "commitment": decision.commitment.to_string(),
                "max_price_per_epoch": price.to_string(), "epochs": epochs}),
         at,
-    )
-    .await?;
+    );
     let request = Request {
         instances: u64::from(spec.instances),
         configuration: &spec.configuration,
@@ -328,17 +357,17 @@ async fn decide_one(
     );
     view.standing.budget = budget;
     view.usage = usage;
-    Ok(Status::Admitted)
+    Status::Admitted
 }
 
-async fn reject(
-    conn: &mut sqlx::SqliteConnection,
+fn reject(
+    script: &mut Script,
     deployment: &Deployment,
     estimate: &Estimate,
     decision: &Decision,
     epochs: i64,
     at: DateTime<Utc>,
-) -> Result<(), StepError> {
+) {
     let refusals = refusals_json(decision);
     let code = decision
         .refusals
@@ -353,8 +382,8 @@ async fn reject(
         .join("; ");
     let reason = json!({"code": code, "message": message, "refusals": refusals,
                         "commitment": decision.commitment.to_string()});
-    let moved = deployments::transition(
-        &mut *conn,
+    deployments::push_transition(
+        script,
         &deployment.id,
         &[Status::Estimating],
         Status::Rejected,
@@ -367,17 +396,12 @@ async fn reject(
             ..Changes::default()
         },
         at,
-    )
-    .await?;
-    if moved {
-        audit_step(
-            conn,
-            deployment,
-            "deployment.rejected",
-            json!({"status": "rejected", "reason_code": code, "reason": reason}),
-            at,
-        )
-        .await?;
-    }
-    Ok(())
+    );
+    push_audit_step(
+        script,
+        deployment,
+        "deployment.rejected",
+        json!({"status": "rejected", "reason_code": code, "reason": reason}),
+        at,
+    );
 }

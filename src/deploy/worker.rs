@@ -19,6 +19,7 @@ use crate::state::AppState;
 use crate::store::audit::{self, NewAuditEntry};
 use crate::store::budget::Standing;
 use crate::store::deployments::{self, Changes, Deployment, NewVm};
+use crate::store::script::Script;
 use crate::store::time::now;
 
 /// More steps than any way through the states takes (queued, estimating, admitted, deploying).
@@ -142,6 +143,32 @@ pub(crate) async fn audit_step(
     .map(|_| ())
 }
 
+/// Adds the audit entry of a pipeline step to the script, written only if the statement before
+/// it (the step's compare-and-set) moved the deployment.
+pub(crate) fn push_audit_step(
+    script: &mut Script,
+    deployment: &Deployment,
+    action: &str,
+    after: Value,
+    at: DateTime<Utc>,
+) {
+    audit::push_record_of_change(
+        script,
+        NewAuditEntry {
+            actor: ACTOR,
+            actor_role: "system",
+            action,
+            target_type: "deployment",
+            target_id: &deployment.id,
+            team_id: Some(&deployment.team_id),
+            before: None,
+            after: Some(after),
+            request_id: None,
+        },
+        at,
+    );
+}
+
 /// Ends a deployment before forwarding, with a reason. Releases its hold if it had one.
 pub(crate) async fn finish(
     state: &AppState,
@@ -151,24 +178,10 @@ pub(crate) async fn finish(
     code: &str,
     reason: Value,
 ) -> Result<bool, StepError> {
+    let at = now();
     let mut tx = state.store.begin_write().await?;
-    let moved = finish_in(&mut tx, deployment, from, to, code, reason, now()).await?;
-    tx.commit().await?;
-    Ok(moved)
-}
-
-/// [`finish`] inside the caller's transaction.
-pub(crate) async fn finish_in(
-    conn: &mut sqlx::SqliteConnection,
-    deployment: &Deployment,
-    from: &[Status],
-    to: Status,
-    code: &str,
-    reason: Value,
-    at: DateTime<Utc>,
-) -> Result<bool, StepError> {
     let moved = deployments::transition(
-        &mut *conn,
+        &mut tx,
         &deployment.id,
         from,
         to,
@@ -181,9 +194,9 @@ pub(crate) async fn finish_in(
     )
     .await?;
     if moved {
-        deployments::release_hold(&mut *conn, &deployment.id, at).await?;
+        deployments::release_hold(&mut tx, &deployment.id, at).await?;
         audit_step(
-            conn,
+            &mut tx,
             deployment,
             &format!("deployment.{to}"),
             json!({"status": to, "reason_code": code, "reason": reason}),
@@ -191,6 +204,7 @@ pub(crate) async fn finish_in(
         )
         .await?;
     }
+    tx.commit().await?;
     Ok(moved)
 }
 
@@ -412,8 +426,9 @@ async fn forward(state: &AppState, deployment: &Deployment) -> Result<Status, St
         let mut tx = state.store.begin_write().await?;
         // Taken with the write lock held, so the time a call may be out is counted from here.
         let sent_at = now();
-        let moved = deployments::transition(
-            &mut tx,
+        let mut intent = Script::statements();
+        deployments::push_transition(
+            &mut intent,
             &deployment.id,
             &[Status::Admitted],
             Status::Deploying,
@@ -422,20 +437,18 @@ async fn forward(state: &AppState, deployment: &Deployment) -> Result<Status, St
                 ..Changes::default()
             },
             sent_at,
-        )
-        .await?;
-        if !moved {
-            return Ok(Status::Admitted);
-        }
-        audit_step(
-            &mut tx,
+        );
+        push_audit_step(
+            &mut intent,
             deployment,
             "deployment.forward",
             json!({"status": "deploying", "upstream_name": deployment.upstream_name,
                    "max_total_price_per_epoch_usd": ceiling.to_string(), "attempt": attempt}),
             sent_at,
-        )
-        .await?;
+        );
+        if intent.run_in(&mut tx).await?.is_empty() {
+            return Ok(Status::Admitted);
+        }
         tx.commit().await?;
         fp.hit("deploy.before_send").await;
 
@@ -571,10 +584,10 @@ pub(crate) async fn record_deployed_from(
     let expires_at = spec
         .ttl_hours
         .and_then(|h| at.checked_add_signed(TimeDelta::hours(i64::from(h))));
-    let mut tx = state.store.begin_write().await?;
+    let mut script = Script::transaction();
     for (id, price) in vms {
-        deployments::insert_vm(
-            &mut tx,
+        deployments::push_insert_vm(
+            &mut script,
             &NewVm {
                 id: &id.canonical(),
                 fluence_id: id.as_str(),
@@ -588,24 +601,25 @@ pub(crate) async fn record_deployed_from(
                 expires_at,
                 created_at: at,
             },
-        )
-        .await?;
+        );
     }
-    let moved =
-        deployments::transition(&mut tx, &deployment.id, from, Status::Deployed, changes, at)
-            .await?;
-    if moved {
-        let ids: Vec<String> = vms.iter().map(|(id, _)| id.canonical()).collect();
-        audit_step(
-            &mut tx,
-            deployment,
-            action,
-            json!({"status": "deployed", "vms": ids}),
-            at,
-        )
-        .await?;
-    }
-    tx.commit().await?;
+    deployments::push_transition(
+        &mut script,
+        &deployment.id,
+        from,
+        Status::Deployed,
+        changes,
+        at,
+    );
+    let ids: Vec<String> = vms.iter().map(|(id, _)| id.canonical()).collect();
+    push_audit_step(
+        &mut script,
+        deployment,
+        action,
+        json!({"status": "deployed", "vms": ids}),
+        at,
+    );
+    state.store.run(script).await?;
     Ok(())
 }
 

@@ -31,6 +31,7 @@ use crate::fluence::types::{HardwareFilter, Port, Protocol};
 use crate::state::AppState;
 use crate::store::audit::{self, NewAuditEntry};
 use crate::store::deployments::{self, Changes, Deployment};
+use crate::store::script::Script;
 use crate::store::teams::{self, Team};
 use crate::store::time::{new_id, now};
 use crate::store::{budget, deployments::usage};
@@ -290,32 +291,14 @@ async fn create_deployment(
         settled_at: None,
         next_check_at: None,
     };
-    let mut tx = state.store.begin_write().await?;
     // The idempotency record may have been lost with a crash between this insert and the
-    // record's completion; the deployment itself remembers its key, so a retry finds it.
-    if let Some(claimed) = &claimed {
-        let since = at - retention(&state);
-        let existing =
-            deployments::by_idempotency_key(&mut tx, team.id.as_str(), &claimed.scoped_key, since)
-                .await?;
-        if let Some(existing) = existing {
-            if existing.request_hash.as_deref() != Some(claimed.request_hash.as_str()) {
-                return Err(ApiError::IdempotencyKeyReused);
-            }
-            let vms = deployments::vm_ids(&mut tx, &existing.id).await?;
-            return Ok((
-                StatusCode::ACCEPTED,
-                axum::Json(DeploymentView::of(existing, vms)),
-            )
-                .into_response());
-        }
-    }
-    if teams::get(&mut tx, team.id.as_str()).await?.is_none() {
-        return Err(super::teams::not_found());
-    }
-    deployments::insert(&mut tx, &deployment).await?;
-    audit::record(
-        &mut tx,
+    // record's completion; the deployment itself remembers its key, so a retry finds it: the
+    // insert is made only if no deployment of the team carries the key yet.
+    let since = claimed.as_ref().map(|_| at - retention(&state));
+    let mut script = Script::transaction();
+    deployments::push_insert(&mut script, &deployment, since);
+    audit::push_record_of_change(
+        &mut script,
         NewAuditEntry {
             actor: &principal.actor,
             actor_role: principal.role.as_str(),
@@ -331,9 +314,32 @@ async fn create_deployment(
             request_id: request_id.as_deref(),
         },
         at,
-    )
-    .await?;
-    tx.commit().await?;
+    );
+    if state.store.run(script).await?.is_empty() {
+        // Not inserted: a deployment made with the key exists, or the team was deleted.
+        if let (Some(claimed), Some(since)) = (&claimed, since) {
+            let mut conn = state.store.pool().acquire().await?;
+            let existing = deployments::by_idempotency_key(
+                &mut conn,
+                team.id.as_str(),
+                &claimed.scoped_key,
+                since,
+            )
+            .await?;
+            if let Some(existing) = existing {
+                if existing.request_hash.as_deref() != Some(claimed.request_hash.as_str()) {
+                    return Err(ApiError::IdempotencyKeyReused);
+                }
+                let vms = deployments::vm_ids(&mut conn, &existing.id).await?;
+                return Ok((
+                    StatusCode::ACCEPTED,
+                    axum::Json(DeploymentView::of(existing, vms)),
+                )
+                    .into_response());
+            }
+        }
+        return Err(super::teams::not_found());
+    }
     if state.settings.jobs.deployer_on_submit {
         state.deployer_wake.submitted();
     }

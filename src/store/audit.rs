@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
+use super::script::Script;
 use super::time::{from_db, new_id, to_db};
 
 /// One mutation, as recorded. `before` and `after` are summaries and never hold a secret.
@@ -60,6 +61,29 @@ pub async fn record(
     .execute(conn)
     .await?;
     Ok(id)
+}
+
+/// Adds the entry of the statement before it to the script: written only if that statement
+/// changed a row (a compare-and-set that moved, an insert that inserted).
+pub fn push_record_of_change(script: &mut Script, entry: NewAuditEntry<'_>, at: DateTime<Utc>) {
+    let sql = script.sql();
+    sql.push(
+        "INSERT INTO audit_log (id, at, actor, actor_role, action, target_type, target_id, \
+         team_id, before, after, request_id) SELECT ",
+    );
+    let mut values = sql.separated(", ");
+    values.push_bind(new_id("aud"));
+    values.push_bind(to_db(at));
+    values.push_bind(entry.actor.to_owned());
+    values.push_bind(entry.actor_role.to_owned());
+    values.push_bind(entry.action.to_owned());
+    values.push_bind(entry.target_type.to_owned());
+    values.push_bind(entry.target_id.to_owned());
+    values.push_bind(entry.team_id.map(str::to_owned));
+    values.push_bind(entry.before.map(|v| v.to_string()));
+    values.push_bind(entry.after.map(|v| v.to_string()));
+    values.push_bind(entry.request_id.map(str::to_owned));
+    sql.push(" WHERE changes() = 1; ");
 }
 
 /// Filters of `GET /v1/audit`; every one optional.

@@ -2,10 +2,13 @@
 //! compare-and-set on the status it expects, so concurrent workers, a cancel racing the worker,
 //! or two processes on one database can never both take the same step.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
+use super::script::Script;
 use super::time::{from_db, from_db_opt, to_db};
 use crate::domain::deployment::Status;
 use crate::domain::money::Usdc;
@@ -106,40 +109,52 @@ fn micros(amount: Option<Usdc>) -> Option<i64> {
     amount.map(Usdc::micros)
 }
 
-pub async fn insert(conn: &mut SqliteConnection, d: &Deployment) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!(
-        "INSERT INTO deployments ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, \
-         ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)"
-    ))
-    .bind(&d.id)
-    .bind(&d.team_id)
-    .bind(&d.name)
-    .bind(&d.upstream_name)
-    .bind(d.status.as_str())
-    .bind(d.spec.to_string())
-    .bind(i64::from(d.instances))
-    .bind(&d.configuration)
-    .bind(i64::try_from(d.per_vm.vcpus).unwrap_or(i64::MAX))
-    .bind(i64::try_from(d.per_vm.ram_gib).unwrap_or(i64::MAX))
-    .bind(i64::try_from(d.per_vm.storage_gib).unwrap_or(i64::MAX))
-    .bind(d.estimate.as_ref().map(Value::to_string))
-    .bind(micros(d.max_price))
-    .bind(micros(d.commitment))
-    .bind(d.epochs)
-    .bind(&d.reason_code)
-    .bind(d.reason.as_ref().map(Value::to_string))
-    .bind(&d.idempotency_key)
-    .bind(&d.request_hash)
-    .bind(&d.created_by)
-    .bind(to_db(d.created_at))
-    .bind(to_db(d.updated_at))
-    .bind(d.forwarded_at.map(to_db))
-    .bind(d.unknown_since.map(to_db))
-    .bind(d.settled_at.map(to_db))
-    .bind(d.next_check_at.map(to_db))
-    .execute(conn)
-    .await?;
-    Ok(())
+/// Adds the insert of a new deployment to the script, made only while its team is live and,
+/// with `idempotency_since`, only if the team has no deployment made with the same
+/// `Idempotency-Key` since then. It returns the deployment's id as a row when it was inserted.
+pub fn push_insert(script: &mut Script, d: &Deployment, idempotency_since: Option<DateTime<Utc>>) {
+    let sql = script.sql();
+    sql.push(format_args!("INSERT INTO deployments ({COLUMNS}) SELECT "));
+    let mut values = sql.separated(", ");
+    values.push_bind(d.id.clone());
+    values.push_bind(d.team_id.clone());
+    values.push_bind(d.name.clone());
+    values.push_bind(d.upstream_name.clone());
+    values.push_bind(d.status.as_str());
+    values.push_bind(d.spec.to_string());
+    values.push_bind(i64::from(d.instances));
+    values.push_bind(d.configuration.clone());
+    values.push_bind(i64::try_from(d.per_vm.vcpus).unwrap_or(i64::MAX));
+    values.push_bind(i64::try_from(d.per_vm.ram_gib).unwrap_or(i64::MAX));
+    values.push_bind(i64::try_from(d.per_vm.storage_gib).unwrap_or(i64::MAX));
+    values.push_bind(d.estimate.as_ref().map(Value::to_string));
+    values.push_bind(micros(d.max_price));
+    values.push_bind(micros(d.commitment));
+    values.push_bind(d.epochs);
+    values.push_bind(d.reason_code.clone());
+    values.push_bind(d.reason.as_ref().map(Value::to_string));
+    values.push_bind(d.idempotency_key.clone());
+    values.push_bind(d.request_hash.clone());
+    values.push_bind(d.created_by.clone());
+    values.push_bind(to_db(d.created_at));
+    values.push_bind(to_db(d.updated_at));
+    values.push_bind(d.forwarded_at.map(to_db));
+    values.push_bind(d.unknown_since.map(to_db));
+    values.push_bind(d.settled_at.map(to_db));
+    values.push_bind(d.next_check_at.map(to_db));
+    sql.push(" WHERE EXISTS (SELECT 1 FROM teams WHERE id = ")
+        .push_bind(d.team_id.clone())
+        .push(" AND deleted_at IS NULL)");
+    if let (Some(since), Some(key)) = (idempotency_since, &d.idempotency_key) {
+        sql.push(" AND NOT EXISTS (SELECT 1 FROM deployments WHERE team_id = ")
+            .push_bind(d.team_id.clone())
+            .push(" AND idempotency_key = ")
+            .push_bind(key.clone())
+            .push(" AND created_at >= ")
+            .push_bind(to_db(since))
+            .push(")");
+    }
+    sql.push(" RETURNING id; ");
 }
 
 pub async fn get(conn: &mut SqliteConnection, id: &str) -> Result<Option<Deployment>, sqlx::Error> {
@@ -239,6 +254,27 @@ pub async fn movable(conn: &mut SqliteConnection) -> Result<Vec<Deployment>, sql
         .collect()
 }
 
+/// Which of the deployments `ids` are in `status`.
+pub async fn with_status(
+    conn: &mut SqliteConnection,
+    ids: &[&str],
+    status: Status,
+) -> Result<HashSet<String>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let mut query: QueryBuilder<'_, Sqlite> =
+        QueryBuilder::new("SELECT id FROM deployments WHERE status = ");
+    query.push_bind(status.as_str()).push(" AND id IN (");
+    let mut listed = query.separated(", ");
+    for id in ids {
+        listed.push_bind(*id);
+    }
+    query.push(")");
+    let found: Vec<String> = query.build_query_scalar().fetch_all(conn).await?;
+    Ok(found.into_iter().collect())
+}
+
 /// Moves every queued deployment to `estimating` and returns them, oldest first: the deploy
 /// worker takes them up at once. Call it in a write transaction.
 pub async fn claim_queued(
@@ -304,7 +340,34 @@ pub async fn transition(
     changes: Changes,
     at: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
-    let mut query: QueryBuilder<'_, Sqlite> = QueryBuilder::new("UPDATE deployments SET status = ");
+    let mut query = QueryBuilder::new("");
+    compare_and_set(&mut query, id, from, to, changes, at);
+    let done = query.build().execute(conn).await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Adds [`transition`] to the script; it returns the deployment's id as a row when it moved.
+pub fn push_transition(
+    script: &mut Script,
+    id: &str,
+    from: &[Status],
+    to: Status,
+    changes: Changes,
+    at: DateTime<Utc>,
+) {
+    compare_and_set(script.sql(), id, from, to, changes, at);
+    script.sql().push(" RETURNING id; ");
+}
+
+fn compare_and_set(
+    query: &mut QueryBuilder<'static, Sqlite>,
+    id: &str,
+    from: &[Status],
+    to: Status,
+    changes: Changes,
+    at: DateTime<Utc>,
+) {
+    query.push("UPDATE deployments SET status = ");
     query.push_bind(to.as_str());
     query.push(", updated_at = ").push_bind(to_db(at));
     if let Some(estimate) = changes.estimate {
@@ -342,15 +405,13 @@ pub async fn transition(
     if changes.reopen {
         query.push(", settled_at = NULL");
     }
-    query.push(" WHERE id = ").push_bind(id);
+    query.push(" WHERE id = ").push_bind(id.to_owned());
     query.push(" AND status IN (");
     let mut statuses = query.separated(", ");
     for status in from {
         statuses.push_bind(status.as_str());
     }
     query.push(")");
-    let done = query.build().execute(conn).await?;
-    Ok(done.rows_affected() == 1)
 }
 
 /// Marks a deployed deployment's hold settled (once).
@@ -390,6 +451,25 @@ pub async fn insert_hold(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// Adds the deployment's hold to the script, made only if the statement before it changed a
+/// row (its move to `admitted`).
+pub fn push_hold_of_change(
+    script: &mut Script,
+    deployment_id: &str,
+    team_id: &str,
+    amount: Usdc,
+    at: DateTime<Utc>,
+) {
+    let sql = script.sql();
+    sql.push("INSERT INTO holds (id, team_id, amount_micros, created_at) SELECT ");
+    let mut values = sql.separated(", ");
+    values.push_bind(deployment_id.to_owned());
+    values.push_bind(team_id.to_owned());
+    values.push_bind(amount.micros());
+    values.push_bind(to_db(at));
+    sql.push(" WHERE changes() = 1; ");
 }
 
 /// Releases the deployment's hold if it is open; idempotent.
@@ -466,27 +546,39 @@ pub struct NewVm<'a> {
 
 /// Records the VM unless it is already known (a replayed answer or a second sighting).
 pub async fn insert_vm(conn: &mut SqliteConnection, vm: &NewVm<'_>) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
+    let mut query = QueryBuilder::new("");
+    vm_insert(&mut query, vm);
+    let done = query.build().execute(conn).await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Adds [`insert_vm`] to the script.
+pub fn push_insert_vm(script: &mut Script, vm: &NewVm<'_>) {
+    vm_insert(script.sql(), vm);
+    script.sql().push("; ");
+}
+
+fn vm_insert(query: &mut QueryBuilder<'static, Sqlite>, vm: &NewVm<'_>) {
+    query.push(
         "INSERT INTO vms (id, fluence_id, team_id, deployment_id, name, status, \
          price_per_epoch_micros, configuration, vcpus, ram_gib, storage_gib, expires_at, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) ON CONFLICT (id) DO NOTHING",
-    )
-    .bind(vm.id)
-    .bind(vm.fluence_id)
-    .bind(vm.team_id)
-    .bind(vm.deployment_id)
-    .bind(vm.name)
-    .bind(vm.status)
-    .bind(vm.price_per_epoch.micros())
-    .bind(vm.configuration)
-    .bind(i64::try_from(vm.resources.vcpus).unwrap_or(i64::MAX))
-    .bind(i64::try_from(vm.resources.ram_gib).unwrap_or(i64::MAX))
-    .bind(i64::try_from(vm.resources.storage_gib).unwrap_or(i64::MAX))
-    .bind(vm.expires_at.map(to_db))
-    .bind(to_db(vm.created_at))
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
+         VALUES (",
+    );
+    let mut values = query.separated(", ");
+    values.push_bind(vm.id.to_owned());
+    values.push_bind(vm.fluence_id.to_owned());
+    values.push_bind(vm.team_id.to_owned());
+    values.push_bind(vm.deployment_id.to_owned());
+    values.push_bind(vm.name.to_owned());
+    values.push_bind(vm.status.to_owned());
+    values.push_bind(vm.price_per_epoch.micros());
+    values.push_bind(vm.configuration.to_owned());
+    values.push_bind(i64::try_from(vm.resources.vcpus).unwrap_or(i64::MAX));
+    values.push_bind(i64::try_from(vm.resources.ram_gib).unwrap_or(i64::MAX));
+    values.push_bind(i64::try_from(vm.resources.storage_gib).unwrap_or(i64::MAX));
+    values.push_bind(vm.expires_at.map(to_db));
+    values.push_bind(to_db(vm.created_at));
+    query.push(") ON CONFLICT (id) DO NOTHING");
 }
 
 /// The ids of the VMs recorded for a deployment.

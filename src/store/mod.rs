@@ -10,6 +10,7 @@ pub mod idempotency;
 pub mod keys;
 pub mod meta;
 pub mod prices;
+pub mod script;
 pub mod spend;
 pub mod teams;
 pub mod time;
@@ -159,11 +160,16 @@ impl Store {
     /// between; `BEGIN IMMEDIATE` waits (up to `busy_timeout`) instead. The turn is taken
     /// before the connection, so writers waiting for it hold none of the pool's connections.
     pub async fn begin_write(&self) -> Result<WriteTx, StoreError> {
-        let turn = tokio::time::timeout(self.turn_timeout, self.writers.clone().lock_owned())
-            .await
-            .map_err(|_| sqlx::Error::PoolTimedOut)?;
+        let turn = self.turn().await?;
         let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         Ok(WriteTx { tx, _turn: turn })
+    }
+
+    /// This process's turn to write, waited for at most the busy timeout.
+    async fn turn(&self) -> Result<OwnedMutexGuard<()>, StoreError> {
+        tokio::time::timeout(self.turn_timeout, self.writers.clone().lock_owned())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut.into())
     }
 
     /// Whether the database answers a trivial query.
