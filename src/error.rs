@@ -237,16 +237,7 @@ impl From<sqlx::Error> for ApiError {
     /// A database that is busy, full or failing is a 503 (fail closed, retry later); anything
     /// else is a bug, a 500.
     fn from(error: sqlx::Error) -> ApiError {
-        let unavailable = match &error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
-            sqlx::Error::Database(db) => db
-                .code()
-                .and_then(|code| code.parse::<i64>().ok())
-                // Primary result codes: BUSY, LOCKED, IOERR, FULL, CANTOPEN.
-                .is_some_and(|code| matches!(code & 0xff, 5 | 6 | 10 | 13 | 14)),
-            _ => false,
-        };
-        if unavailable {
+        if crate::store::unavailable(&error) {
             ApiError::Unavailable(error.to_string())
         } else {
             ApiError::internal(error)
@@ -258,6 +249,7 @@ impl From<crate::store::StoreError> for ApiError {
     fn from(error: crate::store::StoreError) -> ApiError {
         match error {
             crate::store::StoreError::Sqlx(error) => error.into(),
+            crate::store::StoreError::Unavailable(message) => ApiError::Unavailable(message),
             other => ApiError::internal(other),
         }
     }

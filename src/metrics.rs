@@ -402,6 +402,26 @@ pub fn render_admissions(admissions: &crate::deploy::admissions::Admissions) -> 
     )
 }
 
+/// The store's grouped commits (`store::script`): scripts over commits is the mean group size,
+/// how many pipeline writes shared each transaction and its `fsync`.
+pub fn render_script_commits((commits, scripts): (u64, u64)) -> String {
+    render_plain(
+        "counter",
+        &[
+            (
+                "gateway_write_group_commits_total",
+                "Write transactions that committed a group of the pipeline's scripts.",
+                commits,
+            ),
+            (
+                "gateway_write_group_scripts_total",
+                "Scripts (a submission, an intent to send, a deploy's result) committed in them.",
+                scripts,
+            ),
+        ],
+    )
+}
+
 /// The keyed rate limiters' state: entries held across the per-key, per-team and
 /// failed-authentication limiters. Pruning keeps it bounded however many distinct keys or
 /// addresses have been seen (RELIABILITY G2); this gauge shows that it does.

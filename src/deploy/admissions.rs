@@ -193,7 +193,7 @@ async fn decide_all(state: &AppState, candidates: &[Candidate]) -> Result<Vec<St
     // decided, so a deployment that were twice in a batch would be decided once.
     let mut estimating = deployments::with_status(&mut tx, &ids, Status::Estimating).await?;
     let mut views: HashMap<String, Option<TeamView>> = HashMap::new();
-    let mut script = Script::statements();
+    let mut script = Script::new();
     let mut statuses = Vec::with_capacity(candidates.len());
     for candidate in candidates {
         if !estimating.remove(&candidate.deployment.id) {

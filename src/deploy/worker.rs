@@ -422,34 +422,40 @@ async fn forward(state: &AppState, deployment: &Deployment) -> Result<Status, St
     let request = spec.create_request(&deployment.upstream_name, ceiling);
     let fp = &state.settings.failpoints;
     for attempt in 1..=SEND_ATTEMPTS {
-        // The intent, durable before anything leaves: from here a crash is reconciled.
-        let mut tx = state.store.begin_write().await?;
-        // Taken with the write lock held, so the time a call may be out is counted from here.
-        let sent_at = now();
-        let mut intent = Script::statements();
-        deployments::push_transition(
-            &mut intent,
-            &deployment.id,
-            &[Status::Admitted],
-            Status::Deploying,
-            Changes {
-                forwarded_at: Some(sent_at),
-                ..Changes::default()
-            },
-            sent_at,
-        );
-        push_audit_step(
-            &mut intent,
-            deployment,
-            "deployment.forward",
-            json!({"status": "deploying", "upstream_name": deployment.upstream_name,
-                   "max_total_price_per_epoch_usd": ceiling.to_string(), "attempt": attempt}),
-            sent_at,
-        );
-        if intent.run_in(&mut tx).await?.is_empty() {
+        // The intent, durable before anything leaves: from here a crash is reconciled. Its
+        // time is the one its transaction took the write lock at, so the time a call may be
+        // out is counted from no earlier than that.
+        let intent_of = deployment.clone();
+        let upstream_name = deployment.upstream_name.clone();
+        let written = state
+            .store
+            .run_at(move |sent_at| {
+                let mut intent = Script::new();
+                deployments::push_transition(
+                    &mut intent,
+                    &intent_of.id,
+                    &[Status::Admitted],
+                    Status::Deploying,
+                    Changes {
+                        forwarded_at: Some(sent_at),
+                        ..Changes::default()
+                    },
+                    sent_at,
+                );
+                push_audit_step(
+                    &mut intent,
+                    &intent_of,
+                    "deployment.forward",
+                    json!({"status": "deploying", "upstream_name": upstream_name,
+                           "max_total_price_per_epoch_usd": ceiling.to_string(), "attempt": attempt}),
+                    sent_at,
+                );
+                intent
+            })
+            .await?;
+        if written.is_empty() {
             return Ok(Status::Admitted);
         }
-        tx.commit().await?;
         fp.hit("deploy.before_send").await;
 
         let answer = state.fluence.deploy(&request).await;
@@ -584,7 +590,7 @@ pub(crate) async fn record_deployed_from(
     let expires_at = spec
         .ttl_hours
         .and_then(|h| at.checked_add_signed(TimeDelta::hours(i64::from(h))));
-    let mut script = Script::transaction();
+    let mut script = Script::new();
     for (id, price) in vms {
         deployments::push_insert_vm(
             &mut script,

@@ -295,7 +295,7 @@ async fn create_deployment(
     // record's completion; the deployment itself remembers its key, so a retry finds it: the
     // insert is made only if no deployment of the team carries the key yet.
     let since = claimed.as_ref().map(|_| at - retention(&state));
-    let mut script = Script::transaction();
+    let mut script = Script::new();
     deployments::push_insert(&mut script, &deployment, since);
     audit::push_record_of_change(
         &mut script,

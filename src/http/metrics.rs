@@ -54,6 +54,9 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
     body.push_str(&crate::metrics::render_limits(&state.limits));
     body.push_str(&crate::metrics::render_key_cache(&state.keys));
     body.push_str(&crate::metrics::render_admissions(&state.admissions));
+    body.push_str(&crate::metrics::render_script_commits(
+        state.store.script_counts(),
+    ));
     (
         [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
         body,

@@ -49,6 +49,27 @@ pub enum StoreError {
     },
     #[error("{0}")]
     Conflict(String),
+    /// The database is busy, full or failing (a shared transaction's failure, told to each
+    /// of its callers).
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A shared transaction failed for a reason other than the database being unavailable.
+    #[error("database: {0}")]
+    Group(String),
+}
+
+/// Whether the error means the database is busy, full or failing (retry later) rather than a
+/// bug.
+pub fn unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|code| code.parse::<i64>().ok())
+            // Primary result codes: BUSY, LOCKED, IOERR, FULL, CANTOPEN.
+            .is_some_and(|code| matches!(code & 0xff, 5 | 6 | 10 | 13 | 14)),
+        _ => false,
+    }
 }
 
 /// The gateway's database: a pool and the rules for writing to it.
@@ -63,6 +84,8 @@ pub struct Store {
     writers: Arc<Mutex<()>>,
     /// How long a writer waits for its turn: the database's busy timeout, as SQLite's would.
     turn_timeout: Duration,
+    /// Scripts waiting to be committed together (`script`).
+    scripts: Arc<script::Queue>,
 }
 
 /// A write transaction begun with `BEGIN IMMEDIATE`, holding this process's turn to write
@@ -125,6 +148,7 @@ impl Store {
             pool,
             writers: Arc::new(Mutex::new(())),
             turn_timeout: Duration::from_millis(settings.busy_timeout_ms),
+            scripts: Arc::default(),
         };
         store.migrate().await?;
         store.check_pragmas().await?;
@@ -151,6 +175,11 @@ impl Store {
         }
     }
 
+    /// Transactions that committed scripts, and the scripts they carried (`GET /metrics`).
+    pub fn script_counts(&self) -> (u64, u64) {
+        self.scripts.counts()
+    }
+
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
@@ -166,7 +195,7 @@ impl Store {
     }
 
     /// This process's turn to write, waited for at most the busy timeout.
-    async fn turn(&self) -> Result<OwnedMutexGuard<()>, StoreError> {
+    pub(crate) async fn turn(&self) -> Result<OwnedMutexGuard<()>, StoreError> {
         tokio::time::timeout(self.turn_timeout, self.writers.clone().lock_owned())
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut.into())

@@ -554,14 +554,8 @@ async fn concurrent_deploys_admit_exactly_what_fits_c1() {
     // Deployments that reached admission together shared write transactions: the rounds
     // above were decided in batches, each decision against what the ones before it held.
     let metrics = app.get("/metrics").await.text().await.unwrap_or_default();
-    let counter = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
-    };
-    let batches = counter("gateway_admission_batches_total");
-    let decisions = counter("gateway_admission_decisions_total");
+    let batches = counter(&metrics, "gateway_admission_batches_total");
+    let decisions = counter(&metrics, "gateway_admission_decisions_total");
     assert_eq!(
         decisions,
         5 * 2 + 5 * 8 + 2 * 32,
@@ -571,6 +565,14 @@ async fn concurrent_deploys_admit_exactly_what_fits_c1() {
         batches < decisions,
         "{batches} batches for {decisions} decisions"
     );
+}
+
+/// An unlabelled counter of `GET /metrics`.
+fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {metrics}"))
 }
 
 /// A burst of submissions, each waking the worker while the scheduled run (every second) lists
@@ -618,6 +620,13 @@ async fn a_burst_of_woken_deployments_is_deployed_once_each() {
         BURST,
         "{state}"
     );
+    // Each went through three scripts (its submission, its intent to send, its result), and
+    // those that waited for the write lock together shared a commit.
+    let metrics = app.get("/metrics").await.text().await.unwrap_or_default();
+    let scripts = counter(&metrics, "gateway_write_group_scripts_total");
+    let commits = counter(&metrics, "gateway_write_group_commits_total");
+    assert_eq!(scripts, 3 * BURST as u64, "{metrics}");
+    assert!(commits < scripts, "{commits} commits for {scripts} scripts");
 }
 
 /// A run asked for while a woken task is advancing a deployment returns only once that one

@@ -1,9 +1,19 @@
-//! The SQLite store: the pragmas the guarantees rest on, migrations, and `BEGIN IMMEDIATE`.
+//! The SQLite store: the pragmas the guarantees rest on, migrations, `BEGIN IMMEDIATE`, and
+//! scripts committed in groups.
 
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use fluence_gateway::config::{DatabaseSettings, UpstreamMode};
+use fluence_gateway::domain::deployment::Status;
+use fluence_gateway::domain::money::Usdc;
+use fluence_gateway::domain::quota::{Quotas, Resources};
 use fluence_gateway::store::Store;
+use fluence_gateway::store::audit::{self, NewAuditEntry};
+use fluence_gateway::store::deployments::{self, Deployment};
+use fluence_gateway::store::script::Script;
+use fluence_gateway::store::teams::{self, Team};
+use fluence_gateway::store::time::now;
 
 async fn store(dir: &tempfile::TempDir, busy_timeout_ms: u64) -> Store {
     Store::connect(&DatabaseSettings {
@@ -429,4 +439,291 @@ async fn a_vm_billing_time_in_another_form_is_refused() {
             "{column} = {value}: {message}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scripts committed in groups (`store::script`)
+// ---------------------------------------------------------------------------------------------
+
+async fn with_team(store: &Store) {
+    let at = now();
+    let team = Team {
+        id: "scripts".parse().unwrap_or_else(|e| panic!("{e}")),
+        name: "Scripts".into(),
+        cap: Usdc::from_micros(1_000_000),
+        period_start_day: 1,
+        alert_thresholds: Vec::new(),
+        quotas: Quotas::default(),
+        finalize_terminated: false,
+        created_at: at,
+        updated_at: at,
+    };
+    let mut tx = store.begin_write().await.unwrap_or_else(|e| panic!("{e}"));
+    teams::insert(&mut tx, &team)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tx.commit().await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+fn queued(id: &str, at: DateTime<Utc>) -> Deployment {
+    Deployment {
+        id: id.to_owned(),
+        team_id: "scripts".into(),
+        name: id.to_owned(),
+        upstream_name: format!("{id}-vm"),
+        status: Status::Queued,
+        spec: serde_json::json!({}),
+        instances: 1,
+        configuration: "cpu-2-ram-4gb-storage-25gb".into(),
+        per_vm: Resources {
+            vcpus: 2,
+            ram_gib: 4,
+            storage_gib: 25,
+        },
+        estimate: None,
+        max_price: None,
+        commitment: None,
+        epochs: None,
+        reason_code: None,
+        reason: None,
+        idempotency_key: None,
+        request_hash: None,
+        created_by: "test".into(),
+        created_at: at,
+        updated_at: at,
+        forwarded_at: None,
+        unknown_since: None,
+        settled_at: None,
+        next_check_at: None,
+    }
+}
+
+/// The insert of a new deployment and its audit entry, as a submission writes them; extra
+/// deployments inserted first, in the same script.
+fn submission(ids: &[&str], at: DateTime<Utc>) -> Script {
+    let mut script = Script::new();
+    for id in ids {
+        deployments::push_insert(&mut script, &queued(id, at), None);
+        audit::push_record_of_change(
+            &mut script,
+            NewAuditEntry {
+                actor: "test",
+                actor_role: "admin",
+                action: "deployment.create",
+                target_type: "deployment",
+                target_id: id,
+                team_id: Some("scripts"),
+                before: None,
+                after: None,
+                request_id: None,
+            },
+            at,
+        );
+    }
+    script
+}
+
+async fn count(store: &Store, sql: &str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(store.pool())
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+/// Lets every spawned task run up to its first wait (the test runtime has one thread).
+async fn let_them_queue() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn scripts_waiting_for_the_write_lock_are_committed_together() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let store = store(&dir, 5000).await;
+    with_team(&store).await;
+
+    let holder = store.begin_write().await.unwrap_or_else(|e| panic!("{e}"));
+    let mut runs = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let store = store.clone();
+        runs.spawn(async move {
+            store
+                .run(submission(&[&format!("dep_{i:02}")], now()))
+                .await
+        });
+    }
+    let_them_queue().await;
+    assert_eq!(count(&store, "SELECT count(*) FROM deployments").await, 0);
+    holder.rollback().await.unwrap_or_else(|e| panic!("{e}"));
+
+    while let Some(done) = runs.join_next().await {
+        let rows = done
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(rows.len(), 1, "the insert returns its row");
+    }
+    assert_eq!(count(&store, "SELECT count(*) FROM deployments").await, 40);
+    assert_eq!(count(&store, "SELECT count(*) FROM audit_log").await, 40);
+    assert_eq!(
+        store.script_counts(),
+        (1, 40),
+        "the 40 scripts that waited shared one transaction"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_script_is_undone_alone_and_its_group_commits() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let store = store(&dir, 5000).await;
+    with_team(&store).await;
+    store
+        .run(submission(&["dep_taken"], now()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let holder = store.begin_write().await.unwrap_or_else(|e| panic!("{e}"));
+    let before = {
+        let store = store.clone();
+        tokio::spawn(async move { store.run(submission(&["dep_a"], now())).await })
+    };
+    // Its first deployment is new; its second takes an id already used, and fails.
+    let failing = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .run(submission(&["dep_half", "dep_taken"], now()))
+                .await
+        })
+    };
+    let after = {
+        let store = store.clone();
+        tokio::spawn(async move { store.run(submission(&["dep_b"], now())).await })
+    };
+    let_them_queue().await;
+    holder.rollback().await.unwrap_or_else(|e| panic!("{e}"));
+
+    for ok in [before, after] {
+        ok.await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let failed = failing.await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(failed.is_err(), "the duplicate id is refused");
+    assert_eq!(
+        count(
+            &store,
+            "SELECT count(*) FROM deployments WHERE id = 'dep_half'"
+        )
+        .await,
+        0,
+        "the failing script's first insert was undone with it"
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT count(*) FROM audit_log WHERE target_id = 'dep_half'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &store,
+            "SELECT count(*) FROM deployments WHERE id IN ('dep_a', 'dep_b')"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        store.script_counts(),
+        (2, 4),
+        "one group of three after the first"
+    );
+}
+
+#[tokio::test]
+async fn a_script_given_up_on_before_its_turn_is_never_written() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let store = store(&dir, 5000).await;
+    with_team(&store).await;
+
+    let holder = store.begin_write().await.unwrap_or_else(|e| panic!("{e}"));
+    let abandoned = {
+        let store = store.clone();
+        tokio::spawn(async move { store.run(submission(&["dep_gone"], now())).await })
+    };
+    let_them_queue().await;
+    abandoned.abort();
+    let _ = abandoned.await;
+    holder.rollback().await.unwrap_or_else(|e| panic!("{e}"));
+
+    // The next script's commit would have carried it, had it still been waiting.
+    store
+        .run(submission(&["dep_next"], now()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        count(
+            &store,
+            "SELECT count(*) FROM deployments WHERE id = 'dep_gone'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(store.script_counts(), (1, 1));
+}
+
+#[tokio::test]
+async fn a_script_built_under_the_lock_is_given_the_time_the_lock_was_taken() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let store = store(&dir, 5000).await;
+    with_team(&store).await;
+
+    let holder = store.begin_write().await.unwrap_or_else(|e| panic!("{e}"));
+    let waiting = {
+        let store = store.clone();
+        tokio::spawn(async move { store.run_at(|at| submission(&["dep_timed"], at)).await })
+    };
+    let_them_queue().await;
+    let released = now();
+    holder.rollback().await.unwrap_or_else(|e| panic!("{e}"));
+    waiting
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+
+    let created: String =
+        sqlx::query_scalar("SELECT created_at FROM deployments WHERE id = 'dep_timed'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    let created = fluence_gateway::store::time::from_db(&created).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        created >= released,
+        "built at {created}, after the lock it waited for was released at {released}"
+    );
+}
+
+#[tokio::test]
+async fn another_process_on_the_file_still_meets_the_busy_timeout() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let one = store(&dir, 200).await;
+    let other = store(&dir, 200).await;
+    with_team(&one).await;
+
+    let holder = one.begin_write().await.unwrap_or_else(|e| panic!("{e}"));
+    let started = Instant::now();
+    assert!(other.begin_write().await.is_err());
+    assert!(other.run(submission(&["dep_other"], now())).await.is_err());
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "each waited"
+    );
+    holder.rollback().await.unwrap_or_else(|e| panic!("{e}"));
+    other
+        .run(submission(&["dep_other"], now()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(count(&one, "SELECT count(*) FROM deployments").await, 1);
 }
