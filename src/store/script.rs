@@ -240,7 +240,7 @@ async fn run_group(conn: &mut PoolConnection<Sqlite>, group: Vec<Pending>) -> bo
             outcomes.push((pending.reply, None));
             continue;
         }
-        match (pending.build)(at).execute(&mut **conn).await {
+        match (pending.build)(at).execute(conn).await {
             Ok(rows) => outcomes.push((pending.reply, Some(Ok(rows)))),
             Err(failed) if failed.contained => {
                 outcomes.push((pending.reply, Some(Err(failed.error))));
