@@ -259,7 +259,7 @@ async fn price_history(
     };
 
     let slots = usize::try_from(count).map_err(ApiError::internal)?;
-    let mut prices: Vec<Vec<Usdc>> = vec![Vec::new(); slots];
+    let mut summaries = Summaries::new(start, size_secs, slots);
     {
         let mut tx = state.store.pool().begin().await?;
         prices::each_run_between(
@@ -268,55 +268,101 @@ async fn price_history(
             to,
             configuration.as_deref(),
             country.as_deref(),
-            |at, run| {
-                let index = (at.timestamp() - start).div_euclid(size_secs);
-                // Runs come from `[from, to)`, which the buckets cover; anything else is skipped.
-                if let Some(slot) = usize::try_from(index).ok().and_then(|i| prices.get_mut(i)) {
-                    slot.extend(run);
-                }
-            },
+            |at, run| summaries.add((at.timestamp() - start).div_euclid(size_secs), run),
         )
         .await?;
         tx.commit().await?;
     }
-    let buckets = buckets(start, size_secs, prices)?;
     Ok(Json(PricesAnswer {
         configuration,
         country,
         from,
         to,
         bucket,
-        buckets,
+        buckets: summaries.finish()?,
     }))
 }
 
-/// Summarises the prices of each bucket of `size_secs` from `start` (a Unix time).
-fn buckets(
+/// The buckets' summaries, built as the runs stream in oldest first: only the bucket being
+/// filled holds its prices. Holding every price of the range until the end took 8 bytes a
+/// sample (16 with the vectors' growth), 16 MB for 90 days of a million samples.
+struct Summaries {
+    /// The first bucket's start (a Unix time) and the buckets' size.
     start: i64,
     size_secs: i64,
-    prices: Vec<Vec<Usdc>>,
-) -> Result<Vec<PriceBucket>, ApiError> {
-    let instant = |secs: i64| {
-        DateTime::from_timestamp(secs, 0)
-            .ok_or_else(|| ApiError::internal(format!("bucket time {secs} out of range")))
-    };
-    prices
-        .into_iter()
-        .zip(0_i64..)
-        .map(|(mut slot, i)| {
-            slot.sort_unstable();
-            let bucket_start = start + i * size_secs;
-            let median = slot.len().checked_sub(1).map(|last| slot[last / 2]);
-            Ok(PriceBucket {
-                start: instant(bucket_start)?,
-                end: instant(bucket_start + size_secs)?,
-                min: slot.first().map(ToString::to_string),
-                median: median.map(|m| m.to_string()),
-                max: slot.last().map(ToString::to_string),
-                samples: u64::try_from(slot.len()).unwrap_or(u64::MAX),
-            })
-        })
-        .collect()
+    slots: usize,
+    done: Vec<PriceBucket>,
+    /// The bucket being filled (the next after `done`), and its prices.
+    filling: Vec<Usdc>,
+    /// A bucket time out of range, or a run older than the bucket being filled.
+    error: Option<String>,
+}
+
+impl Summaries {
+    fn new(start: i64, size_secs: i64, slots: usize) -> Summaries {
+        Summaries {
+            start,
+            size_secs,
+            slots,
+            done: Vec::with_capacity(slots),
+            filling: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// Adds a run's prices to bucket `index`; runs come oldest first.
+    fn add(&mut self, index: i64, run: Vec<Usdc>) {
+        // Runs come from `[from, to)`, which the buckets cover; anything else is skipped.
+        let Some(index) = usize::try_from(index).ok().filter(|&i| i < self.slots) else {
+            return;
+        };
+        if index < self.done.len() {
+            self.error
+                .get_or_insert_with(|| format!("a run for bucket {index} came after it closed"));
+            return;
+        }
+        while self.done.len() < index && self.error.is_none() {
+            self.close();
+        }
+        self.filling.extend(run);
+    }
+
+    /// Summarises the bucket being filled and starts the next.
+    fn close(&mut self) {
+        let mut slot = std::mem::take(&mut self.filling);
+        slot.sort_unstable();
+        let i = i64::try_from(self.done.len()).unwrap_or(i64::MAX);
+        let bucket_start = self.start + i * self.size_secs;
+        let instant = |secs: i64| DateTime::from_timestamp(secs, 0);
+        let (Some(start), Some(end)) = (
+            instant(bucket_start),
+            instant(bucket_start + self.size_secs),
+        ) else {
+            self.error
+                .get_or_insert_with(|| format!("bucket time {bucket_start} out of range"));
+            return;
+        };
+        let median = slot.len().checked_sub(1).map(|last| slot[last / 2]);
+        self.done.push(PriceBucket {
+            start,
+            end,
+            min: slot.first().map(ToString::to_string),
+            median: median.map(|m| m.to_string()),
+            max: slot.last().map(ToString::to_string),
+            samples: u64::try_from(slot.len()).unwrap_or(u64::MAX),
+        });
+    }
+
+    /// Every bucket, empty ones included.
+    fn finish(mut self) -> Result<Vec<PriceBucket>, ApiError> {
+        while self.done.len() < self.slots && self.error.is_none() {
+            self.close();
+        }
+        match self.error {
+            Some(error) => Err(ApiError::internal(error)),
+            None => Ok(self.done),
+        }
+    }
 }
 
 /// A configuration filter: non-empty, of sane length.
@@ -337,4 +383,56 @@ fn country_filter(errors: &mut FieldErrors, value: Option<String>) -> Option<Str
         return None;
     }
     Some(value.to_ascii_uppercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usdc(micros: &[i64]) -> Vec<Usdc> {
+        micros.iter().copied().map(Usdc::from_micros).collect()
+    }
+
+    fn summary(bucket: &PriceBucket) -> (Option<&str>, Option<&str>, Option<&str>, u64) {
+        (
+            bucket.min.as_deref(),
+            bucket.median.as_deref(),
+            bucket.max.as_deref(),
+            bucket.samples,
+        )
+    }
+
+    #[test]
+    fn buckets_are_summarised_as_runs_stream_in_with_the_gaps_kept() {
+        let mut summaries = Summaries::new(3600, 3600, 4);
+        summaries.add(0, usdc(&[3, 1]));
+        summaries.add(0, usdc(&[2]));
+        // Bucket 1 has no run; bucket 2 two; bucket 3 none; a run past the end is skipped.
+        summaries.add(2, usdc(&[10, 40]));
+        summaries.add(2, usdc(&[20, 30]));
+        summaries.add(4, usdc(&[99]));
+        let buckets = summaries.finish().unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(buckets.len(), 4);
+        assert_eq!(
+            summary(&buckets[0]),
+            (Some("0.000001"), Some("0.000002"), Some("0.000003"), 3)
+        );
+        assert_eq!(summary(&buckets[1]), (None, None, None, 0));
+        // The lower middle of an even count, as before.
+        assert_eq!(
+            summary(&buckets[2]),
+            (Some("0.00001"), Some("0.00002"), Some("0.00004"), 4)
+        );
+        assert_eq!(summary(&buckets[3]), (None, None, None, 0));
+        assert_eq!(buckets[1].start.timestamp(), 7200);
+        assert_eq!(buckets[3].end.timestamp(), 5 * 3600);
+    }
+
+    #[test]
+    fn a_run_older_than_the_bucket_being_filled_is_an_error_not_a_wrong_answer() {
+        let mut summaries = Summaries::new(0, 60, 3);
+        summaries.add(2, usdc(&[5]));
+        summaries.add(0, usdc(&[1]));
+        assert!(summaries.finish().is_err());
+    }
 }
