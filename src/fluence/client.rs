@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use reqwest::header::{self, HeaderMap, HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
@@ -239,8 +240,15 @@ impl FluenceClient {
     }
 
     /// `GET /vms/v3`: every VM of the account, provider-terminated ones included.
+    ///
+    /// The answer is decoded while it arrives and never held whole: with 10 000 VMs it is a
+    /// 10 MB body, which read first took as much memory again as the VMs decoded from it.
     pub async fn list_vms(&self) -> Result<Vec<RunningInstance>, FluenceError> {
-        self.send(Endpoint::ListVms, None, NO_BODY, json).await
+        let endpoint = Endpoint::ListVms;
+        self.exchange(endpoint, None, NO_BODY, |status, response| {
+            json_streamed(endpoint, status, response)
+        })
+        .await
     }
 
     /// `GET /vms/v3/status?ids=a,b`. Unknown ids may simply be missing from the answer. No call
@@ -320,8 +328,8 @@ impl FluenceClient {
             .await
     }
 
-    /// The one path every call takes: build, send, classify the status, decode a 2xx body with
-    /// `decode` (given the status and the body).
+    /// A call whose 2xx body is read whole, then decoded with `decode` (given the status and
+    /// the body).
     async fn send<B, T>(
         &self,
         endpoint: Endpoint,
@@ -331,6 +339,35 @@ impl FluenceClient {
     ) -> Result<T, FluenceError>
     where
         B: Serialize + ?Sized,
+    {
+        self.exchange(endpoint, query, body, |status, response| async move {
+            let body = read_body(response, SUCCESS_BODY_LIMIT)
+                .await
+                .map_err(|e| match e {
+                    BodyError::Transport(e) => transport(endpoint, &e),
+                    BodyError::TooLarge => too_large(endpoint, status),
+                })?;
+            decode(status, &body).map_err(|detail| FluenceError::Decode {
+                endpoint,
+                status,
+                detail,
+            })
+        })
+        .await
+    }
+
+    /// The one path every call takes: build, send, classify the status, and hand a 2xx answer
+    /// to `read` (given the status and the response, its body unread).
+    async fn exchange<B, T, F>(
+        &self,
+        endpoint: Endpoint,
+        query: Option<String>,
+        body: Option<&B>,
+        read: impl FnOnce(u16, reqwest::Response) -> F,
+    ) -> Result<T, FluenceError>
+    where
+        B: Serialize + ?Sized,
+        F: Future<Output = Result<T, FluenceError>>,
     {
         let span = tracing::info_span!(
             "fluence",
@@ -379,21 +416,7 @@ impl FluenceClient {
                 tracing::debug!(error = %error, "Fluence refused the call");
                 return Err(error);
             }
-            let body = read_body(response, SUCCESS_BODY_LIMIT)
-                .await
-                .map_err(|e| match e {
-                    BodyError::Transport(e) => transport(endpoint, &e),
-                    BodyError::TooLarge => FluenceError::Decode {
-                        endpoint,
-                        status,
-                        detail: format!("body larger than {SUCCESS_BODY_LIMIT} bytes"),
-                    },
-                })?;
-            let value = decode(status, &body).map_err(|detail| FluenceError::Decode {
-                endpoint,
-                status,
-                detail,
-            })?;
+            let value = read(status, response).await?;
             self.record_success();
             Ok(value)
         }
@@ -459,6 +482,94 @@ fn error_chain(error: &reqwest::Error) -> String {
         source = cause.source();
     }
     detail
+}
+
+fn too_large(endpoint: Endpoint, status: u16) -> FluenceError {
+    FluenceError::Decode {
+        endpoint,
+        status,
+        detail: format!("body larger than {SUCCESS_BODY_LIMIT} bytes"),
+    }
+}
+
+/// Decodes a JSON body while it arrives: a blocking thread parses it from the chunks this
+/// task reads, at most a few chunks ahead, so neither side holds the whole body.
+async fn json_streamed<T>(
+    endpoint: Endpoint,
+    status: u16,
+    mut response: reqwest::Response,
+) -> Result<T, FluenceError>
+where
+    T: DeserializeOwned + Send + 'static,
+{
+    let (chunks, receiver) = tokio::sync::mpsc::channel(4);
+    let decoding = tokio::task::spawn_blocking(move || {
+        serde_json::from_reader::<_, T>(std::io::BufReader::new(ChunkReader {
+            chunks: receiver,
+            current: Bytes::new(),
+        }))
+    });
+    let mut received = 0;
+    let mut failed = None;
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                received += chunk.len();
+                if received > SUCCESS_BODY_LIMIT {
+                    failed = Some(too_large(endpoint, status));
+                    break;
+                }
+                // The decoder stopped early (the body is not what was expected): its error
+                // says why.
+                if chunks.send(chunk).await.is_err() {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(error) => {
+                failed = Some(transport(endpoint, &error));
+                break;
+            }
+        }
+    }
+    // Ends the decoder's input: a body cut short is an error of its own there.
+    drop(chunks);
+    let decoded = decoding.await;
+    if let Some(error) = failed {
+        return Err(error);
+    }
+    let detail = match decoded {
+        Ok(Ok(value)) => return Ok(value),
+        Ok(Err(error)) => error.to_string(),
+        Err(error) => format!("the decoder stopped: {error}"),
+    };
+    Err(FluenceError::Decode {
+        endpoint,
+        status,
+        detail,
+    })
+}
+
+/// A body as a blocking reader over the chunks another task receives.
+struct ChunkReader {
+    chunks: tokio::sync::mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.chunks.blocking_recv() {
+                Some(chunk) => self.current = chunk,
+                // The sender is gone: the body ended, or reading it failed (the sender knows
+                // which, and says so over the decoder's error).
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
 }
 
 enum BodyError {

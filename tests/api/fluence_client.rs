@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use fluence_gateway::domain::ids::VmId;
 use fluence_gateway::fluence::types::{
     CreateSshKeyRequest, CreateVmRequest, EstimateRequest, OfferConstraints, PatchVmsRequest,
+    RunningInstance,
 };
 use fluence_gateway::fluence::{
     AuthScheme, ClientConfig, ClientConfigError, Endpoint, FluenceClient, FluenceError,
@@ -669,4 +670,45 @@ fn bad_configurations_are_refused_without_showing_the_key() {
         FluenceClient::new(config).err(),
         Some(ClientConfigError::Timeout(_))
     ));
+}
+
+/// The listing is decoded while it arrives: a large one (several hundred chunks on the wire)
+/// comes out whole and equal to decoding it at once.
+#[tokio::test]
+async fn a_large_listing_is_decoded_while_it_arrives() {
+    let one: Vec<Value> = serde_json::from_str(include_str!("fixtures/list_vms.json"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let many: Vec<Value> = (0..3000).map(|i| one[i % one.len()].clone()).collect();
+    let body = serde_json::to_string(&many).unwrap_or_else(|e| panic!("{e}"));
+    assert!(body.len() > 2_000_000, "{} bytes", body.len());
+    let expected: Vec<RunningInstance> =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}"));
+    let stub = Stub::replying(200, body).await;
+    let client = stub.client();
+
+    let listed = client.list_vms().await.unwrap_or_else(|e| panic!("{e}"));
+
+    assert_eq!(listed, expected);
+    assert!(client.last_success().is_some());
+}
+
+#[tokio::test]
+async fn a_listing_that_is_not_a_list_of_vms_is_a_decode_error() {
+    for body in ["<<not json>>", "[{\"id\": 7}]", "[", "[] trailing"] {
+        let stub = Stub::replying(200, body).await;
+        let client = stub.client();
+        let error = client.list_vms().await.err();
+        assert!(
+            matches!(
+                error,
+                Some(FluenceError::Decode {
+                    endpoint: Endpoint::ListVms,
+                    status: 200,
+                    ..
+                })
+            ),
+            "{body}: {error:?}"
+        );
+        assert_eq!(client.last_success(), None);
+    }
 }
