@@ -124,23 +124,9 @@ pub(crate) async fn audit_step(
     after: Value,
     at: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    audit::record(
-        conn,
-        NewAuditEntry {
-            actor: ACTOR,
-            actor_role: "system",
-            action,
-            target_type: "deployment",
-            target_id: &deployment.id,
-            team_id: Some(&deployment.team_id),
-            before: None,
-            after: Some(after),
-            request_id: None,
-        },
-        at,
-    )
-    .await
-    .map(|_| ())
+    audit::record(conn, step_entry(deployment, action, after), at)
+        .await
+        .map(|_| ())
 }
 
 /// Adds the audit entry of a pipeline step to the script, written only if the statement before
@@ -152,21 +138,22 @@ pub(crate) fn push_audit_step(
     after: Value,
     at: DateTime<Utc>,
 ) {
-    audit::push_record_of_change(
-        script,
-        NewAuditEntry {
-            actor: ACTOR,
-            actor_role: "system",
-            action,
-            target_type: "deployment",
-            target_id: &deployment.id,
-            team_id: Some(&deployment.team_id),
-            before: None,
-            after: Some(after),
-            request_id: None,
-        },
-        at,
-    );
+    audit::push_record_of_change(script, step_entry(deployment, action, after), at);
+}
+
+/// A pipeline step's audit entry: the worker acting on the deployment.
+fn step_entry<'a>(deployment: &'a Deployment, action: &'a str, after: Value) -> NewAuditEntry<'a> {
+    NewAuditEntry {
+        actor: ACTOR,
+        actor_role: "system",
+        action,
+        target_type: "deployment",
+        target_id: &deployment.id,
+        team_id: Some(&deployment.team_id),
+        before: None,
+        after: Some(after),
+        request_id: None,
+    }
 }
 
 /// Ends a deployment before forwarding, with a reason. Releases its hold if it had one.
