@@ -178,9 +178,11 @@ impl Store {
             tokio::select! {
                 biased;
                 answered = &mut answer => {
-                    // A group that took the script always answers; it can only be dropped
-                    // unanswered by a runtime shutting down.
-                    return answered.unwrap_or(Err(sqlx::Error::PoolClosed.into()));
+                    // A group that took the script answers it, unless its task stopped (a
+                    // runtime shutting down, a panic): then nothing of the group was committed.
+                    return answered.unwrap_or_else(|_| {
+                        Err(StoreError::Group("the commit carrying it stopped".into()))
+                    });
                 }
                 turn = self.turn() => {
                     let turn = match turn {
@@ -210,20 +212,35 @@ async fn commit(
     queue: std::sync::Arc<Queue>,
     group: Vec<Pending>,
 ) {
-    let mut conn = match pool.acquire().await {
+    let conn = match pool.acquire().await {
         Ok(conn) => conn,
         Err(error) => return fail_all(group.into_iter().map(|p| p.reply), &error),
     };
+    let mut conn = GroupConnection { conn, ended: false };
     let carried = u64::try_from(group.len()).unwrap_or(u64::MAX);
-    if run_group(&mut conn, group).await {
+    if run_group(&mut conn.conn, group).await {
+        conn.ended = true;
         queue.commits.fetch_add(1, Ordering::Relaxed);
         queue.scripts.fetch_add(carried, Ordering::Relaxed);
-    } else {
-        // Closing the connection rolls back whatever it had begun; the pool opens a new one.
-        conn.close_on_drop();
     }
     drop(conn);
     drop(turn);
+}
+
+/// A group's connection: closed rather than returned to the pool unless its transaction
+/// committed. Closing rolls back whatever it had begun, where a transaction left open by a
+/// failure or a panic would hold the write lock for whoever borrows the connection next.
+struct GroupConnection {
+    conn: PoolConnection<Sqlite>,
+    ended: bool,
+}
+
+impl Drop for GroupConnection {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.conn.close_on_drop();
+        }
+    }
 }
 
 /// Whether the transaction committed; either way every caller has been answered.
@@ -240,7 +257,17 @@ async fn run_group(conn: &mut PoolConnection<Sqlite>, group: Vec<Pending>) -> bo
             outcomes.push((pending.reply, None));
             continue;
         }
-        match (pending.build)(at).execute(conn).await {
+        // A script that cannot even be built (a bug) fails alone, before any statement ran.
+        let build = pending.build;
+        let script = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| build(at))) {
+            Ok(script) => script,
+            Err(_) => {
+                let error = StoreError::Group("the script could not be built".into());
+                let _ = pending.reply.send(Err(error));
+                continue;
+            }
+        };
+        match script.execute(conn).await {
             Ok(rows) => outcomes.push((pending.reply, Some(Ok(rows)))),
             Err(failed) if failed.contained => {
                 outcomes.push((pending.reply, Some(Err(failed.error))));

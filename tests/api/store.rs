@@ -727,3 +727,40 @@ async fn another_process_on_the_file_still_meets_the_busy_timeout() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(count(&one, "SELECT count(*) FROM deployments").await, 1);
 }
+
+#[tokio::test]
+async fn a_script_that_cannot_be_built_fails_alone() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let store = store(&dir, 5000).await;
+    with_team(&store).await;
+
+    let holder = store.begin_write().await.unwrap_or_else(|e| panic!("{e}"));
+    let broken = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .run_at(|_| -> Script { panic!("a bug in a script's builder") })
+                .await
+        })
+    };
+    let sound = {
+        let store = store.clone();
+        tokio::spawn(async move { store.run(submission(&["dep_sound"], now())).await })
+    };
+    let_them_queue().await;
+    holder.rollback().await.unwrap_or_else(|e| panic!("{e}"));
+
+    let broken = broken.await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(broken.is_err());
+    sound
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(count(&store, "SELECT count(*) FROM deployments").await, 1);
+    // The connection is usable afterwards: a next write commits.
+    store
+        .run(submission(&["dep_after"], now()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(count(&store, "SELECT count(*) FROM deployments").await, 2);
+}
