@@ -195,7 +195,7 @@ impl Store {
     }
 
     /// This process's turn to write, waited for at most the busy timeout.
-    pub(crate) async fn turn(&self) -> Result<OwnedMutexGuard<()>, StoreError> {
+    async fn turn(&self) -> Result<OwnedMutexGuard<()>, StoreError> {
         tokio::time::timeout(self.turn_timeout, self.writers.clone().lock_owned())
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut.into())

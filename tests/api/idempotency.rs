@@ -112,6 +112,38 @@ async fn one_execution_per_key_with_byte_identical_replays_a11() {
     assert_eq!(settled.text, bodies[0]);
 }
 
+/// The idempotency record lost between the deployment's insert and the record's completion
+/// (a crash there, whose restart releases the claim): the deployment remembers its key, so the
+/// retry is answered with it and nothing is inserted twice; another body under the key is
+/// still refused.
+#[tokio::test]
+async fn a_deployment_remembers_its_key_when_the_record_is_lost() {
+    let app = app().await;
+    app.create_team("ml", "500").await;
+    let member = app.mint_key("ml", "member").await;
+    let store = app.store().await;
+    let forget = || async {
+        sqlx::query("DELETE FROM idempotency_keys")
+            .execute(store.pool())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    };
+
+    let first = post_with_key(&app, &member, "lost", &deploy_body("web", 1)).await;
+    assert_eq!(first.status, 202, "{}", first.text);
+    forget().await;
+    let retried = post_with_key(&app, &member, "lost", &deploy_body("web", 1)).await;
+    assert_eq!(retried.status, 202, "{}", retried.text);
+    assert_eq!(retried.json["id"], first.json["id"]);
+    assert_eq!(deployments_of(&app, "ml").await, 1);
+
+    forget().await;
+    let different = post_with_key(&app, &member, "lost", &deploy_body("web", 2)).await;
+    assert_eq!(different.status, 422, "{}", different.text);
+    assert_eq!(different.json["code"], "idempotency_key_reused");
+    assert_eq!(deployments_of(&app, "ml").await, 1);
+}
+
 #[tokio::test]
 async fn a_key_is_bound_to_its_request_its_team_and_its_retention() {
     let app = app().await;
